@@ -1,0 +1,65 @@
+"""Test set-up shared by every test module.
+
+Keras reads ``KERAS_HOME`` once, when it is first imported, and only uses it if the
+folder is writable. The real ImageNet weights in ``../shared`` are read-only, so we
+link them into a temporary, writable Keras home *before* anything imports Keras:
+``weights="imagenet"`` then takes the genuine Keras download/cache path and finds
+the files already cached, exactly as on a user's machine that downloaded them once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_MODELS = SHARED / "keras_home" / "models"
+HYMENOPTERA = SHARED / "datasets" / "hymenoptera_data"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _prepare_keras_home() -> Path:
+    home = Path(tempfile.mkdtemp(prefix="transferkit-keras-home-"))
+    models = home / "models"
+    models.mkdir()
+    if SHARED_MODELS.is_dir():
+        for weights_file in SHARED_MODELS.iterdir():
+            (models / weights_file.name).symlink_to(weights_file)
+    return home
+
+
+KERAS_HOME = _prepare_keras_home()
+os.environ["KERAS_HOME"] = str(KERAS_HOME)
+
+needs_shared_weights = pytest.mark.skipif(
+    not (SHARED_MODELS / "mobilenet_2_5_224_tf_no_top.h5").is_file(),
+    reason=f"real ImageNet weights not found in {SHARED_MODELS} (../shared is absent)",
+)
+needs_hymenoptera = pytest.mark.skipif(
+    not (HYMENOPTERA / "train").is_dir(),
+    reason=f"hymenoptera data set not found in {HYMENOPTERA} (../shared is absent)",
+)
+
+
+def image_paths(split: str) -> tuple[list[str], list[str]]:
+    """All hymenoptera images of a split that are real photographs, with their labels."""
+    paths, labels = [], []
+    for label in ("ants", "bees"):
+        for path in sorted((HYMENOPTERA / split / label).iterdir()):
+            if path.suffix.lower() in (".jpg", ".jpeg", ".png"):
+                paths.append(str(path))
+                labels.append(label)
+    return paths, labels
+
+
+@pytest.fixture(scope="session")
+def rng_images():
+    """Eight deterministic 40x48 uint8 RGB images."""
+    import numpy as np
+
+    return np.random.default_rng(0).integers(0, 256, size=(8, 40, 48, 3), dtype=np.uint8)
