@@ -1,0 +1,228 @@
+"""KerasFeatureExtractor: features as careful hand-written Keras code gives them, the
+scikit-learn way."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from transferkit import KerasFeatureExtractor
+
+# VGG16 at 32 px builds in under a second and, unlike the BatchNorm families, keeps random
+# features at a sane scale (a random MobileNet's are ~1e-18), so comparisons mean something.
+SMALL = {"backbone": "VGG16", "input_size": 32}
+
+
+def assert_same_features(actual, expected, rtol=1e-5):
+    """Equal up to float32 reordering noise, relative to the features' own scale."""
+    scale = float(np.abs(expected).max())
+    assert scale > 0, "all-zero features make this comparison meaningless"
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def small_extractor(**params) -> KerasFeatureExtractor:
+    return KerasFeatureExtractor(**{**SMALL, "weights": None, "random_state": 0, **params})
+
+
+def test_features_are_float32_with_one_row_per_image(rng_images):
+    features = small_extractor().fit_transform(rng_images)
+    assert features.shape == (8, 512)
+    assert features.dtype == np.float32
+    assert np.isfinite(features).all()
+
+
+@pytest.mark.parametrize(("pooling", "width"), [("avg", 512), ("max", 512), (None, 512)])
+def test_pooling_sets_the_feature_width(rng_images, pooling, width):
+    # At 32 px VGG16's last feature map is 1x1, so flattening keeps 512 values too.
+    extractor = small_extractor(pooling=pooling).fit()
+    assert extractor.transform(rng_images).shape == (8, width)
+    assert extractor.n_features_out_ == width
+
+
+def test_flatten_keeps_every_spatial_position(rng_images):
+    extractor = small_extractor(pooling=None, input_size=64).fit()
+    assert extractor.transform(rng_images[:2]).shape == (2, 2 * 2 * 512)
+
+
+def test_max_and_avg_pooling_differ(rng_images):
+    avg = small_extractor(pooling="avg", input_size=64).fit_transform(rng_images)
+    top = small_extractor(pooling="max", input_size=64).fit_transform(rng_images)
+    assert np.all(top >= avg - 1e-5)
+    assert not np.allclose(top, avg, rtol=1e-3, atol=0)
+
+
+def test_cut_by_block_name_changes_the_width():
+    extractor = small_extractor(cut="block3").fit()
+    assert extractor.cut_layer_ == "block3_pool"
+    assert extractor.n_features_out_ == 256
+
+
+def test_same_random_state_gives_identical_features(rng_images):
+    first = small_extractor(random_state=3).fit_transform(rng_images)
+    second = small_extractor(random_state=3).fit_transform(rng_images)
+    other = small_extractor(random_state=4).fit_transform(rng_images)
+    np.testing.assert_array_equal(first, second)
+    assert not np.allclose(first, other, rtol=1e-3, atol=0)
+
+
+def test_fit_transform_equals_fit_then_transform(rng_images):
+    extractor = small_extractor()
+    np.testing.assert_array_equal(
+        extractor.fit_transform(rng_images), clone(extractor).fit(rng_images).transform(rng_images)
+    )
+
+
+def test_transform_without_fit_builds_the_model_lazily(rng_images):
+    extractor = small_extractor()
+    features = extractor.transform(rng_images)
+    assert hasattr(extractor, "model_")
+    np.testing.assert_array_equal(features, small_extractor().fit().transform(rng_images))
+
+
+def test_subset_and_reordered_inputs_give_matching_rows(rng_images):
+    extractor = small_extractor(batch_size=3).fit()
+    full = extractor.transform(rng_images)
+    order = [6, 1, 4]
+    assert_same_features(extractor.transform(rng_images[order]), full[order])
+
+
+def test_batch_size_does_not_change_features(rng_images):
+    one = small_extractor(batch_size=1).fit_transform(rng_images)
+    many = small_extractor(batch_size=8).fit_transform(rng_images)
+    assert_same_features(one, many)
+
+
+def test_input_array_is_not_modified(rng_images):
+    floats = rng_images.astype(np.float32)
+    before = floats.copy()
+    small_extractor().fit_transform(floats)
+    np.testing.assert_array_equal(floats, before)
+
+
+def test_paths_pil_images_and_arrays_give_the_same_features(tmp_path, rng_images):
+    paths = []
+    for i, img in enumerate(rng_images):
+        paths.append(str(tmp_path / f"img {i}.png"))
+        Image.fromarray(img).save(paths[-1])
+    extractor = small_extractor().fit()
+    from_array = extractor.transform(rng_images)
+    assert_same_features(extractor.transform(paths), from_array)
+    assert_same_features(extractor.transform([Image.open(p) for p in paths]), from_array)
+
+
+def test_grayscale_images_are_seen_as_gray_rgb(rng_images):
+    extractor = small_extractor().fit()
+    gray = rng_images[..., 0]
+    assert_same_features(
+        extractor.transform(gray), extractor.transform(np.repeat(gray[..., None], 3, -1))
+    )
+
+
+# Each family's preprocess_input, as the Keras documentation tells a user to call it.
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [
+        ("ResNet50", "resnet"),  # caffe: BGR, mean subtraction
+        ("MobileNetV2", "mobilenet_v2"),  # tf: [-1, 1]
+        ("DenseNet121", "densenet"),  # torch: [0, 1], ImageNet mean/std
+        ("EfficientNetB0", "efficientnet"),  # preprocessing inside the model
+    ],
+)
+def test_features_match_hand_written_keras(name, module, rng_images):
+    import importlib
+
+    import keras
+
+    extractor = KerasFeatureExtractor(name, weights=None, input_size=64, random_state=0).fit()
+    hand = getattr(keras.applications, name)(
+        include_top=False, weights=None, input_shape=(64, 64, 3), pooling="avg"
+    )
+    hand.set_weights(extractor.model_.get_weights())
+    preprocess = importlib.import_module(f"keras.applications.{module}").preprocess_input
+    images = np.random.default_rng(1).integers(0, 256, (4, 64, 64, 3)).astype(np.float32)
+    expected = hand.predict(preprocess(images.copy()), verbose=0)
+    assert_same_features(extractor.transform(images), expected, rtol=1e-4)
+
+
+def test_user_keras_model_is_accepted_and_cut_by_layer_name(rng_images):
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, name="first")(x)
+    x = keras.layers.Conv2D(6, 3, name="second")(x)
+    model = keras.Model(inputs, x, name="tiny")
+    extractor = KerasFeatureExtractor(model, cut="first", input_size=16).fit()
+    assert extractor.backbone_name_ == "tiny"
+    assert extractor.transform(rng_images).shape == (8, 4)
+    assert KerasFeatureExtractor(model, input_size=16).fit().n_features_out_ == 6
+
+
+def test_feature_names_and_pandas_output(rng_images):
+    pd = pytest.importorskip("pandas")
+    extractor = small_extractor().set_output(transform="pandas")
+    frame = extractor.fit_transform(rng_images)
+    assert isinstance(frame, pd.DataFrame)
+    assert frame.shape == (8, 512)
+    assert frame.columns[0] == "vgg16_block5_pool_0"
+    assert list(frame.columns) == list(extractor.get_feature_names_out())
+
+
+def test_pandas_output_keeps_the_index_of_a_series_of_paths(tmp_path, rng_images):
+    pd = pytest.importorskip("pandas")
+    paths = []
+    for i, img in enumerate(rng_images[:3]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(img).save(paths[-1])
+    series = pd.Series(paths, index=["a", "b", "c"], name="path")
+    frame = small_extractor().set_output(transform="pandas").fit_transform(series)
+    assert list(frame.index) == ["a", "b", "c"]
+
+
+def test_get_params_set_params_and_clone():
+    extractor = small_extractor(cut="block2", backbone_kwargs={})
+    params = extractor.get_params()
+    assert params["cut"] == "block2" and params["backbone_kwargs"] == {}
+    copy = clone(extractor.set_params(pooling="max"))
+    assert copy.get_params() == extractor.get_params()
+    assert not hasattr(copy, "model_")
+
+
+def test_init_only_stores_parameters():
+    extractor = KerasFeatureExtractor("no-such-backbone", pooling="median", batch_size=-1)
+    assert extractor.backbone == "no-such-backbone"
+    assert set(vars(extractor)) == set(extractor.get_params())
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"pooling": "median"}, "pooling='median'"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"backbone": "vgg61"}, "VGG16"),
+        ({"cut": "no_such_layer"}, "no_such_layer"),
+        ({"backbone_kwargs": [("alpha", 1)]}, "backbone_kwargs"),
+    ],
+)
+def test_invalid_parameters_raise_at_fit(params, message):
+    with pytest.raises(ValueError, match=message):
+        small_extractor(**params).fit()
+
+
+def test_verbose_shows_progress(rng_images, capsys):
+    small_extractor(verbose=1, batch_size=4).fit_transform(rng_images)
+    assert "8/8" in capsys.readouterr().out
+
+
+def test_pipeline_with_logistic_regression_learns_a_visible_signal():
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 60, (20, 32, 32, 3))
+    bright = rng.integers(190, 256, (20, 32, 32, 3))
+    X = np.concatenate([dark, bright]).astype(np.uint8)
+    y = np.array(["dark"] * 20 + ["bright"] * 20)
+    pipe = Pipeline([("features", small_extractor()), ("clf", LogisticRegression())])
+    assert pipe.fit(X, y).score(X, y) == 1.0

@@ -1,0 +1,81 @@
+"""Real ImageNet weights (from ../shared) through the real ``weights="imagenet"`` path."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from transferkit import KerasFeatureExtractor
+
+from .conftest import HYMENOPTERA, SHARED_MODELS, needs_hymenoptera, needs_shared_weights
+
+MOBILENET = {"backbone": "MobileNet", "backbone_kwargs": {"alpha": 0.25}}
+
+
+def _split(split: str) -> tuple[list[str], list[str]]:
+    # Every file, the placeholder GIF of train/ants included: a loader meets such files in the
+    # wild, and one mislabelled picture must not stop training.
+    paths, labels = [], []
+    for label in ("ants", "bees"):
+        for path in sorted((HYMENOPTERA / split / label).iterdir()):
+            paths.append(str(path))
+            labels.append(label)
+    return paths, labels
+
+
+@needs_shared_weights
+def test_imagenet_weights_match_hand_written_keras(rng_images):
+    import keras
+
+    extractor = KerasFeatureExtractor(**MOBILENET, weights="imagenet").fit()
+    hand = keras.applications.MobileNet(
+        alpha=0.25, include_top=False, weights="imagenet", pooling="avg",
+        input_shape=(224, 224, 3),
+    )
+    images = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3)).astype(np.float32)
+    expected = hand.predict(keras.applications.mobilenet.preprocess_input(images.copy()),
+                            verbose=0)
+    np.testing.assert_allclose(extractor.transform(images), expected, rtol=1e-4, atol=1e-5)
+
+
+@needs_shared_weights
+def test_weights_file_saved_with_the_top_loads_without_it():
+    import keras
+
+    path = SHARED_MODELS / "mobilenet_2_5_128_tf.h5"
+    extractor = KerasFeatureExtractor(**MOBILENET, weights=path, input_size=128).fit()
+    full = keras.applications.MobileNet(alpha=0.25, include_top=True, weights=None,
+                                        input_shape=(128, 128, 3))
+    full.load_weights(path)
+    trunk = keras.Model(full.input, full.get_layer("conv_pw_13_relu").output)
+    images = np.random.default_rng(0).integers(0, 256, (3, 128, 128, 3)).astype(np.float32)
+    expected = trunk.predict(keras.applications.mobilenet.preprocess_input(images.copy()),
+                             verbose=0).mean(axis=(1, 2))
+    np.testing.assert_allclose(extractor.transform(images), expected, rtol=1e-4, atol=1e-5)
+
+
+@needs_shared_weights
+@needs_hymenoptera
+def test_linear_probe_on_hymenoptera_reaches_080_val_accuracy():
+    train_paths, train_labels = _split("train")
+    val_paths, val_labels = _split("val")
+    assert any(p.endswith(".gif") for p in train_paths)
+    pipe = Pipeline([
+        ("features", KerasFeatureExtractor(**MOBILENET, weights="imagenet")),
+        ("clf", LogisticRegression(max_iter=2000)),
+    ])
+    pipe.fit(train_paths, train_labels)
+    accuracy = pipe.score(val_paths, val_labels)
+    print(f"hymenoptera val accuracy: {accuracy:.3f}")
+    assert accuracy >= 0.80
+
+
+@needs_shared_weights
+def test_pretrained_features_differ_from_random_ones(rng_images):
+    pretrained = KerasFeatureExtractor(**MOBILENET, weights="imagenet").fit_transform(rng_images)
+    random = KerasFeatureExtractor(**MOBILENET, weights=None, random_state=0).fit_transform(
+        rng_images
+    )
+    assert not np.allclose(pretrained, random, atol=1e-3)
+

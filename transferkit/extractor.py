@@ -1,0 +1,377 @@
+"""KerasFeatureExtractor: a pretrained ConvNet, cut and pooled, as a scikit-learn transformer."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import os
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
+
+from .image_input import as_image_collection
+
+__all__ = ["KerasFeatureExtractor"]
+
+logger = logging.getLogger(__name__)
+
+_POOLINGS = ("avg", "max", None)
+
+
+@contextmanager
+def seeded_keras_init(random_state: Any) -> Iterator[None]:
+    """Make Keras' default initialisers deterministic without touching global RNG state.
+
+    Keras draws the seed of every unseeded initializer from Python's ``random``
+    module, so seeding it for the duration of a model build fixes the random
+    weights; the caller's own ``random`` state is restored afterwards.
+    """
+    if random_state is None:
+        yield
+        return
+    seed = (
+        int(random_state)
+        if isinstance(random_state, numbers.Integral)
+        else int(check_random_state(random_state).randint(0, 2**31 - 1))
+    )
+    saved = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved)
+
+
+def _is_keras_model(obj: Any) -> bool:
+    # Checked by duck-typing first so that importing transferkit never imports Keras.
+    if not (hasattr(obj, "layers") and hasattr(obj, "inputs")):
+        return False
+    import keras
+
+    return isinstance(obj, keras.Model)
+
+
+class _ForwardPass:
+    """``model(x, training=False)`` as a callable object.
+
+    tf.function groups its retracing statistics by the wrapped function's code object; a
+    lambda would make every extractor in a grid search count as "retracing the same
+    function" and trigger TensorFlow's warning. An instance is its own key.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __call__(self, x: Any) -> Any:
+        return self.model(x, training=False)
+
+
+def _make_forward(model: Any, size: tuple[int, int]):
+    """A callable ``float32 batch -> ndarray`` that skips Model.predict's per-call overhead."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        spec = tf.TensorSpec((None, size[0], size[1], 3), tf.float32)
+        compiled = tf.function(_ForwardPass(model), input_signature=[spec],
+                               reduce_retracing=True)
+        return lambda batch: compiled(batch).numpy()
+    return lambda batch: keras.ops.convert_to_numpy(model(batch, training=False))
+
+
+class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
+    """Image features from a pretrained Keras Applications backbone.
+
+    The backbone is loaded without its classifier top, truncated at ``cut`` and
+    followed by a global pooling, so each image becomes one feature vector that
+    any scikit-learn estimator can learn from.  The backbone's own
+    ``preprocess_input`` is applied for you: pass raw pixel values in [0, 255].
+
+    Parameters
+    ----------
+    backbone : str or keras.Model, default="ResNet50"
+        A model of ``keras.applications`` by name, case-insensitive
+        (``"resnet50"``, ``"MobileNetV2"``, ...; see :func:`transferkit.list_backbones`),
+        or your own ``keras.Model`` with one image input. A model of your own gets no
+        preprocessing: it must contain its own, and its own weights are used.
+    weights : {"imagenet"}, None or path, default="imagenet"
+        ``"imagenet"`` loads the pretrained weights through Keras' own download and
+        cache (``$KERAS_HOME/models``), ``None`` initialises randomly, and a path loads a
+        weights file (``.h5``, ``.weights.h5`` or ``.keras``; a file saved with the top
+        works too).
+    backbone_kwargs : dict, default=None
+        Extra arguments for the Keras constructor, e.g. ``{"alpha": 0.25}`` for MobileNet.
+    cut : None, str or int, default=None
+        Where the backbone is truncated: ``None`` for its last convolutional output, a
+        layer name, an index into ``model.layers`` (negative counts from the end), or a
+        block name such as ``"block4"`` (VGG) or ``"conv4"`` (ResNet) that resolves to
+        the last layer of that block; see :func:`transferkit.list_cut_points`.
+    pooling : {"avg", "max"} or None, default="avg"
+        Global pooling over the spatial axes of the cut output; ``None`` flattens it.
+    input_size : int or (int, int), default=None
+        ``(height, width)`` the images are resized to; the backbone's default when None.
+    batch_size : int, default=32
+        Images per forward pass. Memory grows with it, never with the number of images.
+    verbose : int, default=0
+        ``1`` or more shows a progress bar during ``transform``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the random initial weights when ``weights=None``, so repeated fits give
+        identical features.
+
+    Attributes
+    ----------
+    model_ : keras.Model
+        Pixels in [0, 255] -> features: preprocessing, truncated backbone and pooling.
+    backbone_name_ : str
+        Canonical name of the backbone (``"ResNet50"``), or the user model's name.
+    cut_layer_ : str
+        Name of the layer whose output is pooled.
+    input_size_ : tuple of int
+        ``(height, width)`` images are resized to.
+    n_features_out_ : int
+        Length of each feature vector.
+
+    See Also
+    --------
+    transferkit.list_backbones : Backbones known to the registry.
+    transferkit.list_cut_points : Block boundaries to use as ``cut``.
+
+    Notes
+    -----
+    The extractor learns nothing from the data, so ``transform`` also works without
+    ``fit``: the model is then built on first use. ``fit`` only builds it.
+
+    Examples
+    --------
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.pipeline import Pipeline
+    >>> from transferkit import KerasFeatureExtractor
+    >>> pipe = Pipeline([
+    ...     ("features", KerasFeatureExtractor("MobileNetV2", cut="block_13")),
+    ...     ("clf", LogisticRegression(max_iter=1000)),
+    ... ])
+    >>> pipe.fit(train_paths, train_labels).score(test_paths, test_labels)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        backbone: Any = "ResNet50",
+        *,
+        weights: str | os.PathLike | None = "imagenet",
+        backbone_kwargs: dict | None = None,
+        cut: str | int | None = None,
+        pooling: str | None = "avg",
+        input_size: int | tuple[int, int] | None = None,
+        batch_size: int = 32,
+        verbose: int = 0,
+        random_state: Any = None,
+    ) -> None:
+        self.backbone = backbone
+        self.weights = weights
+        self.backbone_kwargs = backbone_kwargs
+        self.cut = cut
+        self.pooling = pooling
+        self.input_size = input_size
+        self.batch_size = batch_size
+        self.verbose = verbose
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ building
+    def _validate_params(self) -> None:
+        if self.pooling not in _POOLINGS:
+            raise ValueError(
+                f"pooling={self.pooling!r} is not supported; use 'avg', 'max' or None (flatten)."
+            )
+        if (
+            not isinstance(self.batch_size, numbers.Integral)
+            or isinstance(self.batch_size, bool)
+            or self.batch_size < 1
+        ):
+            raise ValueError(f"batch_size={self.batch_size!r} must be a positive integer.")
+        if not isinstance(self.verbose, numbers.Integral):
+            raise ValueError(f"verbose={self.verbose!r} must be an integer (0 = silent).")
+        if self.backbone_kwargs is not None and not isinstance(self.backbone_kwargs, dict):
+            raise ValueError(
+                "backbone_kwargs must be a dict or None, got "
+                f"{type(self.backbone_kwargs).__name__}."
+            )
+        if not isinstance(self.backbone, str) and not _is_keras_model(self.backbone):
+            raise ValueError(
+                f"backbone={self.backbone!r} is neither a backbone name (see "
+                "transferkit.list_backbones()) nor a keras.Model."
+            )
+
+    def _build_trunk(self, weights: Any) -> tuple[Any, Any, str, tuple[int, int], str, str]:
+        """Return (truncated backbone, preprocess fn or None, backbone name, input size,
+        preprocessing kind, name of the cut layer)."""
+        from .backbones import build_backbone, get_backbone_spec, resolve_input_size
+        from .cut_points import resolve_cut, truncate
+
+        if isinstance(self.backbone, str):
+            spec = get_backbone_spec(self.backbone)
+            size = resolve_input_size(self.input_size, spec.default_size)
+            with seeded_keras_init(self.random_state):
+                full = build_backbone(
+                    spec.name, weights=weights, input_size=size,
+                    backbone_kwargs=self.backbone_kwargs,
+                )
+            layer = resolve_cut(full, self.cut, spec.module)
+            return (truncate(full, layer), spec.preprocess_input, spec.name, size,
+                    spec.preprocessing, layer.name)
+
+        model = self.backbone
+        if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+            shapes = [tuple(t.shape) for t in model.inputs]
+            raise ValueError(
+                f"backbone model {model.name!r} has inputs {shapes}; expected a single image "
+                "input of shape (batch, height, width, 3)."
+            )
+        if self.weights not in ("imagenet", None):
+            raise ValueError(
+                f"weights={self.weights!r} cannot be applied to a keras.Model backbone: load the "
+                "weights into your model (model.load_weights) before passing it."
+            )
+        if self.backbone_kwargs:
+            raise ValueError("backbone_kwargs only applies to a backbone given by name.")
+        fixed = tuple(model.inputs[0].shape[1:3])
+        if None not in fixed:
+            size = (int(fixed[0]), int(fixed[1]))
+            if self.input_size is not None and resolve_input_size(self.input_size, 0) != size:
+                raise ValueError(
+                    f"input_size={self.input_size!r} differs from the fixed input size {size} of "
+                    f"backbone model {model.name!r}; leave input_size=None."
+                )
+        else:
+            size = resolve_input_size(self.input_size, 224)
+        layer = resolve_cut(model, self.cut, None)
+        return truncate(model, layer), None, model.name, size, "user_model", layer.name
+
+    def _assemble(self, weights: Any) -> None:
+        import keras
+
+        trunk, preprocess, name, size, preprocessing, cut_layer = self._build_trunk(weights)
+        pixels = keras.Input((size[0], size[1], 3), dtype="float32", name="pixels")
+        x = preprocess(pixels) if preprocess is not None else pixels
+        x = trunk(x)
+        if len(x.shape) == 4 and self.pooling == "avg":
+            x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        elif len(x.shape) == 4 and self.pooling == "max":
+            x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+        elif len(x.shape) != 2:
+            x = keras.layers.Flatten(name="flatten")(x)
+        self.model_ = keras.Model(pixels, x, name=f"{name}_features")
+        self.backbone_name_ = name
+        self.cut_layer_ = cut_layer
+        self.input_size_ = size
+        self.preprocessing_ = preprocessing
+        self.n_features_out_ = int(x.shape[-1])
+        self._forward = _make_forward(self.model_, size)
+        logger.debug(
+            "built %s cut at %s: input %s, %d features", name, self.cut_layer_, size,
+            self.n_features_out_,
+        )
+
+    def _ensure_built(self) -> None:
+        if not hasattr(self, "model_"):
+            self._validate_params()
+            self._assemble(self.weights)
+
+    # ------------------------------------------------------------------ API
+    def fit(self, X: Any = None, y: Any = None) -> KerasFeatureExtractor:
+        """Build the truncated backbone. Nothing is learned from ``X`` or ``y``.
+
+        Parameters
+        ----------
+        X : ignored
+            Accepted for Pipeline compatibility.
+        y : ignored
+            Accepted for Pipeline compatibility.
+
+        Returns
+        -------
+        self : KerasFeatureExtractor
+        """
+        self._validate_params()
+        self._assemble(self.weights)
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Compute one feature vector per image.
+
+        Parameters
+        ----------
+        X : array-like or sequence of images
+            An array of shape (n, h, w, c) or (n, h, w) with pixel values in
+            [0, 255], or a sequence (list, 1-D array, pandas Series, one-column
+            DataFrame) of file paths, PIL images or single-image arrays. Images of
+            any size are resized to ``input_size_``.
+
+        Returns
+        -------
+        ndarray of shape (n_images, n_features_out_), dtype float32
+            Row ``i`` always belongs to image ``i``.
+        """
+        self._ensure_built()
+        images = as_image_collection(X)
+        out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
+        progbar = None
+        if self.verbose:
+            import keras
+
+            progbar = keras.utils.Progbar(len(images), unit_name="image")
+        for start, batch in images.batches(self.input_size_, self.batch_size):
+            out[start : start + len(batch)] = self._forward(batch)
+            if progbar is not None:
+                progbar.update(start + len(batch))
+        return out
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Names of the output features: ``<backbone>_<cut layer>_<index>``.
+
+        Parameters
+        ----------
+        input_features : ignored
+            Images have no input feature names.
+
+        Returns
+        -------
+        ndarray of str
+        """
+        self._ensure_built()
+        prefix = f"{self.backbone_name_.lower()}_{self.cut_layer_}"
+        return np.asarray([f"{prefix}_{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.non_deterministic = self.weights is None and self.random_state is None
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state = dict(state)
+        state.pop("_forward", None)
+        model = state.pop("model_", None)
+        if model is not None:
+            # Weights travel with the pickle, so a loaded extractor needs no network and gives
+            # the same features even when it was built from random weights.
+            state["_fitted_weights"] = model.get_weights()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        weights = state.pop("_fitted_weights", None)
+        super().__setstate__(state)
+        if weights is not None:
+            # Rebuild the architecture without fetching any weights, then restore the saved ones.
+            self._assemble(None)
+            self.model_.set_weights(weights)
