@@ -1,0 +1,312 @@
+"""FineTunedClassifier: two-phase fine-tuning as a scikit-learn classifier."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import joblib
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
+
+from transferkit.finetune import FineTunedClassifier
+
+from .conftest import HYMENOPTERA, KERAS_HOME, REPO, needs_hymenoptera, needs_shared_weights
+
+# VGG16 cut after block3 at 32 px: small and, unlike randomly initialised MobileNets (whose
+# features shrink to ~1e-18 through the BatchNormalization layers at their initial
+# statistics), its random features still separate simple images. Block 3 is trainable.
+TINY = {
+    "backbone": "VGG16", "weights": None, "cut": "block3", "input_size": 32,
+    "head_learning_rate": 0.01, "head_epochs": 15, "learning_rate": 1e-3, "epochs": 3,
+    "batch_size": 8, "random_state": 0,
+}
+
+
+def tiny(**params) -> FineTunedClassifier:
+    return FineTunedClassifier(**{**TINY, **params})
+
+
+def _images(n_per_class: int = 12, n_classes: int = 2, size: int = 32):
+    """Dark, bright and mid-grey noise images: easy classes for random features."""
+    rng = np.random.default_rng(0)
+    ranges = [(0, 90), (160, 256), (90, 160)][:n_classes]
+    X = np.concatenate([rng.integers(lo, hi, (n_per_class, size, size, 3)) for lo, hi in ranges])
+    names = np.array(["dark", "bright", "grey"])[:n_classes]
+    return X.astype(np.uint8), np.repeat(names, n_per_class)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _images()
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    return tiny().fit(*data)
+
+
+# ------------------------------------------------------------------ basic behaviour
+def test_string_labels_binary_fit_predict_and_probabilities(fitted, data):
+    X, y = data
+    assert list(fitted.classes_) == ["bright", "dark"]
+    proba = fitted.predict_proba(X)
+    assert proba.shape == (len(X), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-12)
+    assert set(fitted.predict(X)) <= {"bright", "dark"}
+    assert fitted.score(X, y) >= 0.9
+    assert fitted.cut_layer_ == "block3_pool"
+    assert fitted.freeze_layer_ == "block2_pool"
+    assert fitted.cached_
+
+
+def test_history_covers_both_phases_per_epoch(fitted):
+    for phase, max_epochs in (("head", TINY["head_epochs"]), ("finetune", TINY["epochs"])):
+        history = fitted.history_[phase]
+        n = len(history["loss"])
+        assert 1 <= n <= max_epochs
+        for key in ("accuracy", "val_loss", "val_accuracy", "seconds"):
+            assert len(history[key]) == n
+        best = history["best_epoch"]
+        assert -1 <= best < n
+        kept = history["initial_val_loss"] if best == -1 else history["val_loss"][best]
+        assert kept == min([history["initial_val_loss"], *history["val_loss"]])
+    assert fitted.history_["head"]["loss"][-1] < fitted.history_["head"]["loss"][0]
+
+
+def test_multiclass_with_integer_labels():
+    X, y = _images(n_per_class=8, n_classes=3)
+    codes = np.searchsorted(["bright", "dark", "grey"], y) * 10
+    clf = tiny(head_epochs=25).fit(X, codes)
+    np.testing.assert_array_equal(clf.classes_, [0, 10, 20])
+    proba = clf.predict_proba(X)
+    assert proba.shape == (24, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-12)
+    assert clf.score(X, codes) >= 0.8
+
+
+def test_paths_and_pil_images_give_the_same_predictions(tmp_path, data):
+    X, y = data
+    paths = []
+    for i, image in enumerate(X):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    clf = tiny(epochs=1).fit(paths, list(y))
+    from_paths = clf.predict_proba(paths)
+    np.testing.assert_allclose(clf.predict_proba([Image.open(p) for p in paths]), from_paths,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(clf.predict_proba(X), from_paths, rtol=1e-5, atol=1e-6)
+
+
+def test_unfitted_use_raises_not_fitted(data):
+    with pytest.raises(NotFittedError):
+        tiny().predict(data[0])
+
+
+# ------------------------------------------------------------------ reproducibility and caching
+def test_same_random_state_gives_the_same_predictions(fitted, data):
+    X, y = data
+    again = tiny().fit(X, y)
+    np.testing.assert_array_equal(again.predict_proba(X), fitted.predict_proba(X))
+    other = tiny(random_state=1).fit(X, y)
+    # Log-probabilities: confident predictions of both models round to 0 and 1.
+    assert not np.allclose(np.log(other.predict_proba(X)), np.log(fitted.predict_proba(X)),
+                           atol=1e-3)
+
+
+def test_cached_and_uncached_training_give_the_same_predictions(fitted, data):
+    X, y = data
+    uncached = tiny(cache=False).fit(X, y)
+    assert not uncached.cached_
+    for phase in ("head", "finetune"):
+        np.testing.assert_allclose(uncached.history_[phase]["loss"],
+                                   fitted.history_[phase]["loss"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(uncached.predict_proba(X), fitted.predict_proba(X),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_only_layers_after_freeze_until_change(data):
+    X, y = data
+    initial = tiny(epochs=0, head_epochs=0).fit(X, y).model_
+    tuned = tiny(early_stopping=False).fit(X, y).model_
+
+    def weights_of(model, layer_name):
+        for weight in model.weights:
+            if weight.path.split("/")[-2] == layer_name:
+                return np.asarray(weight)
+        raise AssertionError(f"no weights of {layer_name}")
+
+    np.testing.assert_array_equal(weights_of(initial, "block2_conv2"),
+                                  weights_of(tuned, "block2_conv2"))
+    assert not np.allclose(weights_of(initial, "block3_conv3"), weights_of(tuned, "block3_conv3"))
+
+
+@pytest.mark.parametrize("freeze_until", ["block1", "block1_pool", 3])
+def test_freeze_until_takes_the_forms_of_cut(data, freeze_until):
+    clf = tiny(epochs=1, head_epochs=2).fit(*data)
+    default_trainable = clf.n_trainable_weights_
+    deeper = tiny(epochs=1, head_epochs=2, freeze_until=freeze_until).fit(*data)
+    assert deeper.freeze_layer_ == "block1_pool"
+    assert deeper.n_trainable_weights_ > default_trainable
+
+
+def test_freeze_until_none_trains_everything_and_the_cut_trains_the_head_only(data):
+    everything = tiny(epochs=1, head_epochs=2, freeze_until=None).fit(*data)
+    assert everything.freeze_layer_ is None and not everything.cached_
+    head_only = tiny(epochs=1, head_epochs=2, freeze_until="block3").fit(*data)
+    assert head_only.n_trainable_weights_ == 256 * 2 + 2
+
+
+@pytest.mark.slow
+def test_residual_backbone_splits_at_a_block_and_keeps_batchnorm_statistics(data):
+    X, y = data
+    params = {"backbone": "ResNet50", "cut": "conv3", "epochs": 2, "head_epochs": 3,
+              "learning_rate": 1e-3}
+    clf = tiny(**params).fit(X, y)
+    assert clf.freeze_layer_ == "conv2_block3_out"
+    assert clf.cached_
+
+    def moving_means(model):
+        return [np.asarray(w) for w in model.weights
+                if "conv3_block" in w.path and w.path.endswith("moving_mean")]
+
+    assert all(np.all(m == 0) for m in moving_means(clf.model_))  # ResNet's initial statistics
+    trained_bn = tiny(**params, train_batchnorm=True).fit(X, y)
+    assert any(np.any(m != 0) for m in moving_means(trained_bn.model_))
+    with pytest.raises(ValueError, match="residual connection"):
+        tiny(**params, freeze_until="conv3_block1_1_relu").fit(X, y)
+
+
+# ------------------------------------------------------------------ options
+def test_augmentation_disables_the_cache_and_trains(data):
+    X, y = data
+    clf = tiny(augment="all").fit(X, y)
+    assert not clf.cached_
+    assert clf.score(X, y) >= 0.9
+    with pytest.raises(ValueError, match="cannot be cached"):
+        tiny(augment="flip", cache=True).fit(X, y)
+    with pytest.raises(ValueError, match="augment="):
+        tiny(augment="shear").fit(X, y)
+
+
+def test_hidden_units_add_a_hidden_layer(data):
+    clf = tiny(hidden_units=16, epochs=1).fit(*data)
+    assert clf.model_.get_layer("tuned").get_layer("head").get_layer("head_hidden").units == 16
+    assert clf.score(*data) >= 0.9
+
+
+def test_class_and_sample_weights_shift_the_decision(data):
+    X, y = data
+    # 12 bright against 3 dark images: weighting the classes equally must raise the
+    # probability given to the minority class.
+    keep = np.r_[np.arange(12, 24), np.arange(3)]
+    params = {"early_stopping": False, "epochs": 0, "head_epochs": 5, "head_learning_rate": 1e-3}
+    plain = tiny(**params).fit(X[keep], y[keep])
+    balanced = tiny(**params, class_weight="balanced").fit(X[keep], y[keep])
+    weighted = tiny(**params).fit(X[keep], y[keep], sample_weight=np.where(y[keep] == "bright",
+                                                                           1.0, 4.0))
+    minority = list(plain.classes_).index("dark")
+    p_plain = plain.predict_proba(X)[:, minority].mean()
+    assert balanced.predict_proba(X)[:, minority].mean() > p_plain
+    np.testing.assert_allclose(weighted.predict_proba(X), balanced.predict_proba(X), atol=1e-5)
+    ones = tiny(**params).fit(X[keep], y[keep], sample_weight=np.ones(len(keep)))
+    np.testing.assert_array_equal(ones.predict_proba(X), plain.predict_proba(X))
+
+
+# ------------------------------------------------------------------ errors
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (["a"] * 24, "single class"),
+        (["a", "b"] * 11, "22 labels but X has 24 images"),
+        ([0.0, 1.0] * 11 + [np.nan, 1.0], "missing label"),
+        (["a", "b"] * 11 + [None, "a"], "missing label"),
+    ],
+)
+def test_invalid_labels_raise_clear_errors(data, labels, match):
+    with pytest.raises(ValueError, match=match):
+        tiny().fit(data[0], np.array(labels, dtype=object if None in labels else None))
+
+
+def test_freeze_until_after_cut_raises(data):
+    with pytest.raises(ValueError, match="comes after cut"):
+        tiny(freeze_until="block4").fit(*data)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [({"learning_rate": 0}, "learning_rate"), ({"dropout": 1.0}, "dropout"),
+     ({"validation_fraction": 1.5}, "validation_fraction"), ({"pooling": "sum"}, "pooling"),
+     ({"cache": "yes"}, "cache"), ({"class_weight": "even"}, "class_weight")],
+)
+def test_invalid_parameters_name_the_value(data, params, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**params).fit(*data)
+
+
+# ------------------------------------------------------------------ scikit-learn integration
+@pytest.mark.slow
+def test_clone_and_grid_search_over_freeze_until_and_learning_rate(data):
+    X, y = data
+    base = tiny(epochs=1, head_epochs=5, early_stopping=False)
+    assert clone(base).get_params() == base.get_params()
+    grid = {"freeze_until": ["auto", "block1"], "learning_rate": [1e-4, 1e-3]}
+    search = GridSearchCV(base, grid, cv=2).fit(X, y)
+    assert len(search.cv_results_["params"]) == 4
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+    assert search.best_estimator_.score(X, y) >= 0.9
+
+
+@pytest.mark.slow
+def test_joblib_round_trip_in_a_fresh_process_and_fresh_fit_repeatability(
+    fitted, data, tmp_path
+):
+    X, y = data
+    model_path, data_path = tmp_path / "clf.joblib", tmp_path / "data.npz"
+    joblib.dump(fitted, model_path)
+    np.savez(data_path, X=X, y=y)
+    script = textwrap.dedent(
+        f"""
+        import joblib, numpy as np
+        from transferkit.finetune import FineTunedClassifier
+        data = np.load({str(data_path)!r})
+        loaded = joblib.load({str(model_path)!r})
+        refit = FineTunedClassifier(**{TINY!r}).fit(data["X"], data["y"])
+        np.savez({str(tmp_path / "out.npz")!r}, loaded=loaded.predict_proba(data["X"]),
+                 refit=refit.predict_proba(data["X"]), classes=loaded.classes_)
+        """
+    )
+    env = {**os.environ, "KERAS_HOME": str(KERAS_HOME), "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=REPO)
+    out = np.load(tmp_path / "out.npz")
+    expected = fitted.predict_proba(X)
+    np.testing.assert_array_equal(out["loaded"], expected)
+    np.testing.assert_array_equal(out["classes"], fitted.classes_)
+    np.testing.assert_allclose(out["refit"], expected, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ real weights
+@pytest.mark.slow
+@needs_shared_weights
+@needs_hymenoptera
+def test_fine_tuning_mobilenet_on_hymenoptera_reaches_080_val_accuracy():
+    def split(name):
+        paths, labels = [], []
+        for label in ("ants", "bees"):
+            for path in sorted((HYMENOPTERA / name / label).iterdir()):
+                paths.append(str(path))
+                labels.append(label)
+        return paths, labels
+
+    clf = FineTunedClassifier("MobileNet", backbone_kwargs={"alpha": 0.25}, epochs=3,
+                              random_state=0)
+    clf.fit(*split("train"))
+    accuracy = clf.score(*split("val"))
+    print(f"hymenoptera val accuracy after fine-tuning: {accuracy:.3f}")
+    assert accuracy >= 0.80
