@@ -25,7 +25,10 @@ def assert_same_features(actual, expected, rtol=1e-5):
 
 
 def small_extractor(**params) -> KerasFeatureExtractor:
-    return KerasFeatureExtractor(**{**SMALL, "weights": None, "random_state": 0, **params})
+    # No feature cache: these tests are about what the network computes (see test_cache.py).
+    return KerasFeatureExtractor(
+        **{**SMALL, "weights": None, "random_state": 0, "cache": None, **params}
+    )
 
 
 def test_features_are_float32_with_one_row_per_image(rng_images):

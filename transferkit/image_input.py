@@ -207,6 +207,12 @@ class ImageCollection:
     def is_streamed(self) -> bool:
         return self.items is not None
 
+    def take(self, indices: Any) -> ImageCollection:
+        """The images at ``indices``, in that order, without decoding anything."""
+        if self.array is not None:
+            return ImageCollection(array=self.array[np.asarray(indices, dtype=np.intp)])
+        return ImageCollection(items=[self.items[i] for i in indices])
+
     def _load_item(self, i: int, size: tuple[int, int]) -> np.ndarray:
         item = self.items[i]
         try:

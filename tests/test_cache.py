@@ -1,0 +1,235 @@
+"""The feature cache: per-image keys, bit-identical hits, misses on every change, safe disk
+entries, and a life outside the estimator so clones in a grid search share it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+
+from transferkit import KerasFeatureExtractor
+from transferkit.cache import DiskFeatureCache, MemoryFeatureCache, resolve_cache
+
+from .conftest import REPO
+
+
+def extractor(cache, **params) -> KerasFeatureExtractor:
+    base = {"backbone": "VGG16", "weights": None, "random_state": 0, "input_size": 32}
+    return KerasFeatureExtractor(**{**base, **params}, cache=cache)
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(5).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+
+
+def test_cached_features_are_bit_identical_to_fresh_ones(images):
+    cache = MemoryFeatureCache()
+    first = extractor(cache).fit_transform(images)
+    again = extractor(cache).fit_transform(images)
+    fresh = extractor(None).fit_transform(images)
+    assert cache.hits == 6 and cache.misses == 6
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(again, fresh)
+
+
+def test_subsets_and_reorderings_of_cached_images_hit_the_cache(images):
+    cache = MemoryFeatureCache()
+    full = extractor(cache).fit_transform(images)
+    part = extractor(cache).fit_transform(images[[4, 0, 2]])
+    assert cache.hits == 3 and cache.misses == 6
+    np.testing.assert_array_equal(part, full[[4, 0, 2]])
+
+
+def test_only_uncached_images_are_computed(images):
+    cache = MemoryFeatureCache()
+    extractor(cache).fit_transform(images[:4])
+    mixed = extractor(cache).fit_transform(images)
+    assert cache.hits == 4 and cache.misses == 4 + 2
+    fresh = extractor(None).fit_transform(images)
+    # Computed in other batches than `fresh`: equal up to float32 summation order.
+    np.testing.assert_allclose(mixed, fresh, rtol=1e-5, atol=1e-5 * np.abs(fresh).max())
+
+
+def test_cache_survives_clone(images):
+    cache = MemoryFeatureCache()
+    original = extractor(cache).fit()
+    original.transform(images)
+    copy = clone(original)
+    assert copy.cache is cache
+    copy.fit().transform(images)
+    assert cache.hits == 6
+
+
+def test_clones_reuse_the_built_model():
+    first = extractor("memory").fit()
+    second = clone(first).fit()
+    assert second.model_ is first.model_
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"backbone": "VGG19"},
+        {"cut": "block4"},
+        {"pooling": "max"},
+        {"input_size": 48},
+        {"random_state": 1},
+        {"precision": "bfloat16"},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_changing_any_parameter_misses_the_cache(images, change):
+    cache = MemoryFeatureCache()
+    extractor(cache).fit_transform(images)
+    extractor(cache, **change).fit_transform(images)
+    assert cache.hits == 0 and cache.misses == 12
+
+
+def test_weights_file_identity_is_part_of_the_key(tmp_path, images):
+    import keras
+
+    path = tmp_path / "vgg.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)) \
+        .save_weights(path)
+    cache = MemoryFeatureCache()
+    extractor(cache, weights=str(path)).fit_transform(images)
+    extractor(cache, weights=str(path)).fit_transform(images)
+    assert cache.hits == 6
+    os.utime(path, ns=(1, 1))  # the file "changed": another modification time
+    extractor(cache, weights=str(path)).fit_transform(images)
+    assert cache.misses == 12
+
+
+def test_changed_image_file_misses_the_cache(tmp_path, images):
+    paths = [str(tmp_path / f"{i}.png") for i in range(3)]
+    for path, pixels in zip(paths, images, strict=False):
+        Image.fromarray(pixels).save(path)
+    cache = MemoryFeatureCache()
+    extractor(cache).fit_transform(paths)
+    Image.fromarray(images[5]).save(paths[1])
+    os.utime(paths[1], ns=(10**18, 10**18))
+    refreshed = extractor(cache).fit_transform(paths)
+    assert cache.hits == 2 and cache.misses == 4
+    fresh = extractor(None).fit_transform(images[5:6])[0]
+    np.testing.assert_allclose(refreshed[1], fresh, rtol=1e-5, atol=1e-5 * np.abs(fresh).max())
+
+
+def test_random_weights_without_a_seed_are_never_cached(images):
+    cache = MemoryFeatureCache()
+    extractor(cache, random_state=None).fit_transform(images)
+    assert len(cache) == 0 and cache.hits == cache.misses == 0
+
+
+def test_memory_cache_evicts_least_recently_used_beyond_its_budget():
+    vector = np.zeros(4, dtype=np.float32)  # 16 bytes
+    cache = MemoryFeatureCache(max_bytes=3 * vector.nbytes)
+    cache.put_many((bytes([k]), vector + k) for k in range(3))
+    cache.get_many([b"\x00"])  # 0 becomes the most recently used
+    cache.put_many([(b"\x03", vector + 3)])
+    assert cache.nbytes == 3 * vector.nbytes
+    assert [v is None for v in cache.get_many([bytes([k]) for k in range(4)])] == [
+        False, True, False, False
+    ]
+
+
+def test_memory_cache_entries_are_read_only_copies():
+    cache = MemoryFeatureCache()
+    vector = np.ones(3, dtype=np.float32)
+    cache.put_many([(b"k", vector)])
+    vector[:] = 7
+    stored = cache.get_many([b"k"])[0]
+    np.testing.assert_array_equal(stored, 1)
+    with pytest.raises(ValueError):
+        stored[0] = 2
+
+
+def test_disk_cache_is_shared_between_processes(tmp_path, images):
+    directory, data = tmp_path / "features", tmp_path / "data.npz"
+    np.savez(data, images=images)
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from transferkit import KerasFeatureExtractor
+        images = np.load({str(data)!r})["images"]
+        features = KerasFeatureExtractor("VGG16", weights=None, random_state=0, input_size=32,
+                                         cache={str(directory)!r}).fit_transform(images)
+        np.save({str(tmp_path / "theirs.npy")!r}, features)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cache = DiskFeatureCache(directory)
+    ours = extractor(cache).fit_transform(images)
+    assert cache.hits == 6 and cache.misses == 0
+    np.testing.assert_array_equal(ours, np.load(tmp_path / "theirs.npy"))
+
+
+def test_corrupt_or_truncated_disk_entries_are_recomputed_not_returned(tmp_path, images):
+    cache = DiskFeatureCache(tmp_path)
+    expected = extractor(cache).fit_transform(images)
+    files = sorted(tmp_path.glob("*/*.feat"))
+    assert len(files) == 6
+    files[0].write_bytes(files[0].read_bytes()[:-7])  # truncated
+    damaged = bytearray(files[1].read_bytes())
+    damaged[-1] ^= 0xFF  # one flipped byte
+    files[1].write_bytes(bytes(damaged))
+    again = extractor(cache).fit_transform(images)
+    assert cache.corrupt == 2 and cache.hits == 4
+    # The two damaged entries were recomputed (in a batch of two, hence the tolerance).
+    np.testing.assert_allclose(again, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert len(list(tmp_path.glob("*/*.feat"))) == 6  # recomputed entries were rewritten
+
+
+def test_interrupted_disk_write_leaves_no_entry_behind(tmp_path, monkeypatch):
+    cache = DiskFeatureCache(tmp_path)
+
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        cache.put_many([(b"key", np.ones(8, dtype=np.float32))])
+    assert list(tmp_path.rglob("*.feat")) == []
+    assert cache.get_many([b"key"]) == [None]
+
+
+def test_grid_search_computes_each_image_once(images):
+    cache = MemoryFeatureCache()
+    X = np.concatenate([images, 255 - images])
+    y = np.array([0] * 6 + [1] * 6)
+    pipe = Pipeline([("features", extractor(cache)), ("clf", LogisticRegression())])
+    GridSearchCV(pipe, {"clf__C": [0.1, 1.0, 10.0]}, cv=3).fit(X, y)
+    assert cache.misses == 12  # each image computed once, in the first fold that saw it
+    assert cache.hits > 0
+
+
+def test_bfloat16_features_agree_with_float32(images):
+    full = extractor(None).fit_transform(images)
+    half = extractor(None, precision="bfloat16").fit_transform(images)
+    assert half.dtype == np.float32
+    cosine = np.sum(full * half, 1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
+    assert cosine.min() > 0.98
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, type(None)), ("memory", MemoryFeatureCache), ("some/dir", DiskFeatureCache)],
+)
+def test_cache_parameter_forms(value, expected):
+    assert isinstance(resolve_cache(value), expected)
+
+
+def test_cache_parameter_rejects_a_file(tmp_path):
+    path = tmp_path / "file.txt"
+    path.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        extractor(str(path)).fit()
