@@ -47,8 +47,13 @@ __all__ = [
 DEFAULT_MEMORY_BYTES = 1 << 30  # 1 GiB: ~130,000 ResNet50 feature vectors.
 
 
-def _digest(data: Any) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
+def _digest(*parts: Any) -> bytes:
+    # SHA-256 runs on the SHA extensions of current CPUs (~3x faster than BLAKE2 here): a
+    # grid search hashes every image once per fold, so key cost matters.
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part)
+    return hasher.digest()[:16]
 
 
 class MemoryFeatureCache:
@@ -296,10 +301,9 @@ def weights_identity(weights: Any, random_state: Any, model: Any = None) -> str 
     weights without an integer seed differ on every build, so they are never cached.
     """
     if model is not None:
-        hasher = hashlib.blake2b(digest_size=16)
-        for array in model.get_weights():
-            hasher.update(np.ascontiguousarray(array).view(np.uint8))
-        return f"model:{model.name}:{hasher.hexdigest()}"
+        digest = _digest(*(memoryview(np.ascontiguousarray(a)).cast("B")
+                           for a in model.get_weights()))
+        return f"model:{model.name}:{digest.hex()}"
     if weights is None:
         if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
             return f"random:{int(random_state)}"
@@ -318,7 +322,7 @@ def weights_identity(weights: Any, random_state: Any, model: Any = None) -> str 
 def _array_key(pixels: np.ndarray) -> bytes:
     pixels = np.ascontiguousarray(pixels)
     header = f"array:{pixels.dtype.str}:{pixels.shape}".encode()
-    return _digest(header + pixels.view(np.uint8).tobytes())
+    return _digest(header, memoryview(pixels).cast("B"))
 
 
 def _item_key(item: Any) -> bytes:
@@ -333,7 +337,7 @@ def _item_key(item: Any) -> bytes:
         return _digest(f"file:{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     if isinstance(item, Image.Image):
         header = f"pil:{item.mode}:{item.size}:{item.getexif().get(0x0112)}".encode()
-        return _digest(header + item.tobytes())
+        return _digest(header, item.tobytes())
     return _array_key(np.asarray(item))
 
 
@@ -343,7 +347,7 @@ def image_keys(images: Any, model_fingerprint: bytes) -> list[bytes]:
         content = [_array_key(pixels) for pixels in images.array]
     else:
         content = [_item_key(item) for item in images.items]
-    return [_digest(model_fingerprint + key) for key in content]
+    return [_digest(model_fingerprint, key) for key in content]
 
 
 class ModelMemo:
