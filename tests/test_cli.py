@@ -1,0 +1,179 @@
+"""The ``transferkit`` command line.
+
+End-to-end behaviours (files written, exit codes, what a shell sees) run in a subprocess, as a
+user runs the console script; the rest call ``transferkit.cli.main`` in-process, which is
+what the console script calls, to spare a TensorFlow start-up per test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tomllib
+from PIL import Image
+
+from .conftest import REPO
+
+# VGG16 at 32 px with random weights: the cheapest backbone whose random features are usable.
+SMALL = ["--backbone", "VGG16", "--weights", "none", "--input-size", "32"]
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "transferkit.cli", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """FOLDER/<class>/<png>: dark and bright images, 8 of each class."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for label, low in (("dark", 0), ("bright", 160)):
+        (root / label).mkdir()
+        for i in range(8):
+            pixels = rng.integers(low, low + 96, size=(36, 36, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{label}_{i}.png")
+    (root / "dark" / "notes.txt").write_text("not an image; skipped by suffix")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_model(image_folder, tmp_path_factory):
+    output = tmp_path_factory.mktemp("model") / "model.joblib"
+    result = run_cli("train", image_folder, "-o", output, "--validation-fraction", "0.25",
+                     "--quiet", *SMALL)
+    return result, output
+
+
+def test_console_script_is_declared_and_points_at_main():
+    from transferkit.cli import main
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, attribute = scripts["transferkit"].partition(":")
+    assert (module, attribute) == ("transferkit.cli", "main")
+    assert callable(main)
+
+
+def test_backbones_prints_sizes_and_feature_widths(capsys):
+    from transferkit.cli import main
+
+    assert main(["backbones"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "input", "size", "feature", "width", "preprocessing"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert rows["ResNet50"][:2] == ["224x224", "2048"]
+    assert rows["Xception"][:2] == ["299x299", "2048"]
+
+
+def test_cut_points_lists_blocks_shallowest_first(capsys):
+    from transferkit.cli import main
+
+    assert main(["cut-points", "vgg16"]) == 0
+    assert capsys.readouterr().out.split() == ["block1", "block2", "block3", "block4", "block5"]
+
+
+def test_unknown_backbone_returns_1_with_suggestions(capsys):
+    from transferkit.cli import main
+
+    assert main(["cut-points", "ResNet5O"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("transferkit cut-points: error: Unknown backbone 'ResNet5O'.")
+    assert "ResNet50" in err
+
+
+def test_extract_writes_npz_with_one_row_per_image(image_folder, tmp_path):
+    output = tmp_path / "features.npz"
+    result = run_cli("extract", image_folder / "dark", image_folder / "bright" / "bright_0.png",
+                     "-o", output, "--cut", "block3", "--batch-size", "4", *SMALL)
+    assert result.returncode == 0, result.stderr
+    saved = np.load(output)
+    assert saved["features"].shape == (9, 256)  # 8 dark + 1 bright, block3 has 256 channels
+    assert saved["paths"][-1].endswith("bright_0.png")
+    assert saved["feature_names"][0] == "vgg16_block3_pool_0"
+    assert "9 images x 256 features" in result.stdout
+
+
+def test_extract_writes_parquet_with_a_path_column(image_folder, tmp_path):
+    import pandas as pd
+
+    from transferkit.cli import main
+
+    output = tmp_path / "features.parquet"
+    assert main(["extract", str(image_folder), "-o", str(output), "--quiet", *SMALL]) == 0
+    frame = pd.read_parquet(output)
+    assert frame.shape == (16, 1 + 512)
+    assert frame.columns[0] == "path"
+    assert frame["path"].str.endswith(".png").all()
+
+
+def test_extract_refuses_an_unknown_output_format(image_folder, tmp_path, capsys):
+    from transferkit.cli import main
+
+    output = tmp_path / "features.csv"
+    assert main(["extract", str(image_folder), "-o", str(output), *SMALL]) == 1
+    assert f"output '{output}' must end in .npz or .parquet" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_missing_image_exits_1_naming_it(tmp_path):
+    result = run_cli("extract", tmp_path / "nope.jpg", "-o", tmp_path / "f.npz", *SMALL)
+    assert result.returncode == 1
+    assert f"image '{tmp_path / 'nope.jpg'}' does not exist" in result.stderr
+
+
+def test_malformed_command_line_exits_2():
+    result = run_cli("extract", "x.jpg", "-o", "f.npz", "--weights", "/no/such/file.h5")
+    assert result.returncode == 2
+    assert "'/no/such/file.h5' is neither 'imagenet', 'none' nor an existing weights file" \
+        in result.stderr
+
+
+def test_train_prints_validation_accuracy_and_saves_the_model(trained_model):
+    result, output = trained_model
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("validation accuracy ")
+    # 25% of 16 images, stratified: 4 validation and 12 training images.
+    assert "on 4 images (12 training images, features + logistic regression)" in line
+    assert 0 <= float(line.split()[2]) <= 1
+    assert output.is_file()
+
+
+def test_train_needs_one_sub_folder_per_class(tmp_path, capsys):
+    from transferkit.cli import main
+
+    (tmp_path / "only").mkdir()
+    assert main(["train", str(tmp_path), "-o", str(tmp_path / "m.joblib"), *SMALL]) == 1
+    assert "has 1 class sub-folder(s)" in capsys.readouterr().err
+
+
+def test_predict_prints_path_label_and_probability_per_image(trained_model, image_folder):
+    result, model = trained_model
+    assert result.returncode == 0, result.stderr
+    images = [image_folder / "dark" / "dark_0.png", image_folder / "bright" / "bright_1.png"]
+    predicted = run_cli("predict", model, *images)
+    assert predicted.returncode == 0, predicted.stderr
+    lines = [line.split("\t") for line in predicted.stdout.strip().splitlines()]
+    assert [line[0] for line in lines] == [str(p) for p in images]
+    # Brightness separates the classes even through random VGG16 features.
+    assert [line[1] for line in lines] == ["dark", "bright"]
+    assert all(0.5 <= float(line[2]) <= 1 for line in lines)
+
+
+def test_train_finetune_saves_a_fine_tuned_classifier(image_folder, tmp_path, capsys):
+    import joblib
+
+    from transferkit import FineTunedClassifier
+    from transferkit.cli import main
+
+    output = tmp_path / "tuned.joblib"
+    assert main(["train", str(image_folder), "-o", str(output), "--finetune", "--epochs", "1",
+                 "--validation-fraction", "0.25", "--quiet", *SMALL]) == 0
+    assert "(12 training images, fine-tuned)" in capsys.readouterr().out
+
+    assert isinstance(joblib.load(output), FineTunedClassifier)

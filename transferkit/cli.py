@@ -1,0 +1,428 @@
+"""The ``transferkit`` command line: list backbones, extract features, train and predict.
+
+Run ``transferkit --help`` or ``transferkit COMMAND --help``. Errors in what the user passed
+(a missing file, an unknown backbone, an undecodable image) print one line naming the
+offending value and exit with status 1; malformed command lines exit with status 2, as
+argparse does. Anything else is a bug and shows its traceback.
+"""
+
+# Authors: The transferkit developers
+# SPDX-License-Identifier: BSD-3-Clause
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+# Suffixes of the files taken from a folder; Pillow reads more, but these are what photo
+# folders hold, and skipping the rest keeps stray .txt or .DS_Store files out.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class UsageError(Exception):
+    """A value on the command line the library would reject; reported without a traceback."""
+
+
+# ---------------------------------------------------------------------------- arguments
+def _weights(value: str) -> str | None:
+    if value.lower() == "none":
+        return None
+    if value.lower() == "imagenet":
+        return "imagenet"
+    if not Path(value).expanduser().is_file():
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither 'imagenet', 'none' nor an existing weights file"
+        )
+    return value
+
+
+def _cut(value: str) -> str | int | None:
+    if value.lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def _backbone_kwargs(value: str) -> dict[str, Any]:
+    try:
+        kwargs = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not JSON ({exc.msg}); write e.g. '{{\"alpha\": 0.25}}'"
+        ) from None
+    if not isinstance(kwargs, dict):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is JSON but not an object; write e.g. '{{\"alpha\": 0.25}}'"
+        )
+    return kwargs
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
+    return number
+
+
+def _add_backbone_options(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--backbone", default=default,
+                        help=f"backbone name, see 'transferkit backbones' (default {default})")
+    parser.add_argument("--backbone-kwargs", type=_backbone_kwargs, default=None,
+                        metavar="JSON",
+                        help="constructor arguments as JSON, e.g. '{\"alpha\": 0.25}'")
+    parser.add_argument("--weights", type=_weights, default="imagenet",
+                        metavar="imagenet|none|PATH",
+                        help="ImageNet weights (Keras cache in $KERAS_HOME/models), random "
+                             "weights, or a weights file (default imagenet)")
+    parser.add_argument("--cut", type=_cut, default=None,
+                        help="cut point: a block name (see 'transferkit cut-points'), a layer "
+                             "name or an index; default: the last convolutional output")
+    parser.add_argument("--input-size", type=_positive_int, default=None, metavar="PIXELS",
+                        help="side images are resized to (default: the backbone's own)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32,
+                        help="images per forward pass (default 32)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="transferkit",
+        description="Transfer learning on images with Keras Applications backbones and "
+                    "scikit-learn.",
+    )
+    parser.add_argument("--version", action="version", version=f"transferkit {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    commands.add_parser("backbones", help="table of backbones, input sizes, feature widths",
+                        description="List the backbones of the installed keras.applications.")
+
+    cut_points = commands.add_parser("cut-points", help="the block names a backbone can be cut at",
+                                     description="List a backbone's cut points, shallowest "
+                                                 "first.")
+    cut_points.add_argument("backbone", metavar="BACKBONE")
+    cut_points.add_argument("--backbone-kwargs", type=_backbone_kwargs, default=None,
+                            metavar="JSON", help="constructor arguments as JSON")
+
+    extract = commands.add_parser(
+        "extract", help="features of images into a .npz or .parquet file",
+        description="Compute one feature vector per image. Folders are searched recursively "
+                    f"for {', '.join(IMAGE_SUFFIXES)} files.",
+    )
+    extract.add_argument("images", nargs="+", metavar="IMAGES",
+                         help="image files and/or folders of images")
+    extract.add_argument("-o", "--output", required=True, metavar="FILE",
+                         help="features.npz (arrays 'features', 'paths', 'feature_names') or "
+                              "features.parquet (a 'path' column and one column per feature)")
+    extract.add_argument("--pooling", choices=("avg", "max", "none"), default="avg")
+    extract.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_backbone_options(extract, default="ResNet50")
+
+    train = commands.add_parser(
+        "train", help="train a classifier on a folder with one sub-folder per class",
+        description="Train on FOLDER/<class>/<image files>, print the validation accuracy and "
+                    "save the fitted model with joblib. By default: frozen backbone features, "
+                    "standardised, and a logistic regression; --finetune trains a "
+                    "FineTunedClassifier instead.",
+    )
+    train.add_argument("folder", metavar="FOLDER")
+    train.add_argument("-o", "--output", required=True, metavar="MODEL",
+                       help="where to save the fitted model, e.g. model.joblib")
+    train.add_argument("--val", metavar="FOLDER", default=None,
+                       help="a validation folder of the same layout; without it, "
+                            "--validation-fraction of FOLDER is held out")
+    train.add_argument("--validation-fraction", type=float, default=0.2,
+                       help="fraction held out (stratified) when --val is not given "
+                            "(default 0.2)")
+    train.add_argument("--finetune", action="store_true",
+                       help="fine-tune the backbone (FineTunedClassifier) instead of "
+                            "feature extraction + logistic regression")
+    train.add_argument("--epochs", type=int, default=10,
+                       help="fine-tuning epochs with --finetune (default 10)")
+    train.add_argument("--random-state", type=int, default=0)
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_backbone_options(train, default="ResNet50")
+
+    predict = commands.add_parser(
+        "predict", help="label images with a saved model",
+        description="Print one tab-separated line per image: path, predicted label, its "
+                    "probability. Loading a model runs code stored in the file (pickle): only "
+                    "load models you trust.",
+    )
+    predict.add_argument("model", metavar="MODEL", help="a model saved by 'transferkit train'")
+    predict.add_argument("images", nargs="+", metavar="IMAGES",
+                         help="image files and/or folders of images")
+    return parser
+
+
+# ---------------------------------------------------------------------------- helpers
+def _image_files(arguments: Sequence[str]) -> list[str]:
+    """Files as given, folders expanded to their image files (recursively, sorted)."""
+    files: list[str] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*")
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UsageError(
+                    f"folder {argument!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})."
+                )
+            files.extend(found)
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise UsageError(f"image {argument!r} does not exist.")
+    return files
+
+
+def _labelled_folder(folder: str) -> tuple[list[str], list[str]]:
+    """Image paths and labels of FOLDER/<label>/<images>."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise UsageError(f"{folder!r} is not a folder; expected FOLDER/<class>/<image files>.")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise UsageError(
+            f"{folder!r} has {len(classes)} class sub-folder(s); expected one sub-folder per "
+            "class, at least two, each holding that class's images."
+        )
+    paths: list[str] = []
+    labels: list[str] = []
+    for class_dir in classes:
+        files = sorted(str(p) for p in class_dir.rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UsageError(
+                f"class folder {str(class_dir)!r} holds no image files "
+                f"({', '.join(IMAGE_SUFFIXES)})."
+            )
+        paths.extend(files)
+        labels.extend([class_dir.name] * len(files))
+    return paths, labels
+
+
+def _extractor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "weights": args.weights,
+        "backbone_kwargs": args.backbone_kwargs,
+        "cut": args.cut,
+        "input_size": args.input_size,
+        "batch_size": args.batch_size,
+        "random_state": 0,
+    }
+
+
+# ---------------------------------------------------------------------------- commands
+def _cmd_backbones(args: argparse.Namespace) -> None:
+    from .backbones import list_backbones
+
+    rows = list_backbones()
+    header = ("name", "input size", "feature width", "preprocessing")
+    table = [header] + [
+        (r["name"], f"{r['default_size']}x{r['default_size']}", str(r["feature_width"]),
+         r["preprocessing"])
+        for r in rows
+    ]
+    widths = [max(len(row[k]) for row in table) for k in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip())
+
+
+def _cmd_cut_points(args: argparse.Namespace) -> None:
+    from .cut_points import list_cut_points
+
+    points = list_cut_points(args.backbone, args.backbone_kwargs)
+    if not points:
+        print(f"{args.backbone} has no named blocks; cut it by layer name or index.",
+              file=sys.stderr)
+    for point in points:
+        print(point)
+
+
+def _write_features(output: str, features: Any, paths: list[str], names: Any) -> None:
+    import numpy as np
+
+    suffix = Path(output).suffix.lower()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npz":
+        np.savez_compressed(output, features=features, paths=np.asarray(paths),
+                            feature_names=np.asarray(names, dtype=str))
+        return
+    import pandas as pd  # present: _cmd_extract checked before computing anything
+
+    frame = pd.DataFrame(features, columns=list(names))
+    frame.insert(0, "path", paths)
+    frame.to_parquet(output, index=False)
+
+
+def _cmd_extract(args: argparse.Namespace) -> None:
+    from .extractor import KerasFeatureExtractor
+
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in (".npz", ".parquet"):
+        raise UsageError(
+            f"output {args.output!r} must end in .npz or .parquet, which decides the format."
+        )
+    if suffix == ".parquet":
+        try:
+            import pandas  # noqa: F401
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "writing .parquet needs pandas and pyarrow: pip install "
+                "'transferkit[parquet]', or write .npz instead."
+            ) from None
+    paths = _image_files(args.images)
+    extractor = KerasFeatureExtractor(
+        args.backbone, pooling=None if args.pooling == "none" else args.pooling,
+        verbose=0 if args.quiet else 1, **_extractor_kwargs(args),
+    )
+    features = extractor.fit().transform(paths)
+    _write_features(args.output, features, paths, extractor.get_feature_names_out())
+    print(f"{len(paths)} images x {features.shape[1]} features "
+          f"({extractor.backbone_name_} cut at {extractor.cut_layer_}) -> {args.output}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from .extractor import KerasFeatureExtractor
+    from .finetune import FineTunedClassifier
+
+    paths, labels = _labelled_folder(args.folder)
+    if args.val is not None:
+        val_paths, val_labels = _labelled_folder(args.val)
+        train_paths, train_labels = paths, labels
+    else:
+        if not 0 < args.validation_fraction < 1:
+            raise UsageError(
+                f"--validation-fraction {args.validation_fraction} must be in (0, 1)."
+            )
+        try:
+            train_paths, val_paths, train_labels, val_labels = train_test_split(
+                paths, labels, test_size=args.validation_fraction, stratify=labels,
+                random_state=args.random_state,
+            )
+        except ValueError as exc:
+            raise UsageError(
+                f"cannot hold out {args.validation_fraction:g} of {args.folder!r} with every "
+                f"class in both parts ({exc}); add images or pass --val FOLDER."
+            ) from None
+    unseen = sorted(set(val_labels) - set(train_labels))
+    if unseen:
+        raise UsageError(
+            f"validation classes {unseen} have no training folder in {args.folder!r}."
+        )
+
+    if args.finetune:
+        model: Any = FineTunedClassifier(
+            args.backbone, weights=args.weights, backbone_kwargs=args.backbone_kwargs,
+            cut=args.cut, input_size=args.input_size, batch_size=args.batch_size,
+            epochs=args.epochs, verbose=0 if args.quiet else 1, random_state=args.random_state,
+        )
+    else:
+        extractor_kwargs = {**_extractor_kwargs(args), "random_state": args.random_state}
+        model = Pipeline([
+            ("features", KerasFeatureExtractor(args.backbone, verbose=0 if args.quiet else 1,
+                                               **extractor_kwargs)),
+            # Feature scales differ by orders of magnitude between backbones and cut points;
+            # standardising lets one regularisation strength fit them all.
+            ("scale", StandardScaler()),
+            ("clf", LogisticRegression(max_iter=2000)),
+        ])
+    model.fit(train_paths, train_labels)
+    accuracy = float(model.score(val_paths, val_labels))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, args.output)
+    kind = "fine-tuned" if args.finetune else "features + logistic regression"
+    print(f"validation accuracy {accuracy:.3f} on {len(val_paths)} images "
+          f"({len(train_paths)} training images, {kind}) -> {args.output}")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    import joblib
+    import numpy as np
+
+    if not Path(args.model).is_file():
+        raise UsageError(f"model file {args.model!r} does not exist.")
+    paths = _image_files(args.images)
+    model = joblib.load(args.model)
+    if not hasattr(model, "predict_proba") or not hasattr(model, "classes_"):
+        raise UsageError(
+            f"{args.model!r} holds a {type(model).__name__}, not a classifier with "
+            "predict_proba; save one with 'transferkit train'."
+        )
+    probabilities = model.predict_proba(paths)
+    best = np.argmax(probabilities, axis=1)
+    for path, k, row in zip(paths, best, probabilities, strict=True):
+        print(f"{path}\t{model.classes_[k]}\t{row[k]:.4f}")
+
+
+_COMMANDS = {
+    "backbones": _cmd_backbones,
+    "cut-points": _cmd_cut_points,
+    "extract": _cmd_extract,
+    "train": _cmd_train,
+    "predict": _cmd_predict,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``transferkit`` command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, default=None
+        The arguments after the program name; ``sys.argv[1:]`` when None.
+
+    Returns
+    -------
+    status : int
+        0 on success, 1 when the library rejects a value (the message names it), 2 for a
+        malformed command line.
+
+    Examples
+    --------
+    >>> from transferkit.cli import main
+    >>> main(["cut-points", "VGG16"])  # doctest: +SKIP
+    block1
+    block2
+    block3
+    block4
+    block5
+    0
+    """
+    from .backbones import WeightsUnavailableError
+
+    args = _build_parser().parse_args(argv)
+    try:
+        _COMMANDS[args.command](args)
+    except (UsageError, ValueError, FileNotFoundError, WeightsUnavailableError) as exc:
+        # Library errors already name the offending value and the way out: show just that.
+        print(f"transferkit {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
