@@ -1,4 +1,7 @@
-"""Quick start: pretrained ConvNet features + logistic regression, in a scikit-learn Pipeline.
+"""Quick start
+===========
+
+Quick start: pretrained ConvNet features + logistic regression, in a scikit-learn Pipeline.
 
 Runs offline on scikit-learn's bundled ``load_digits`` images (1,797 handwritten digits,
 8x8 pixels, 10 classes). It uses MobileNet (alpha 0.25) with its ImageNet weights when Keras

@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 
-from .conftest import REPO
+import pytest
+
+from .conftest import HYMENOPTERA, REPO, needs_hymenoptera
 
 
 def run_example(name: str, *args: str) -> subprocess.CompletedProcess:
@@ -25,3 +27,66 @@ def test_quickstart_trains_and_scores_on_bundled_digits():
     accuracy = float(last.split("test accuracy ")[1].split()[0])
     # Ten classes: chance is 0.1. Even random-weight features do far better once scaled.
     assert accuracy > 0.5
+
+
+@needs_hymenoptera
+def test_classify_folder_reports_validation_accuracy_on_hymenoptera():
+    result = run_example("classify_folder.py", str(HYMENOPTERA / "train"),
+                         "--val", str(HYMENOPTERA / "val"), "--n-per-class", "12",
+                         "--input-size", "96")
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert "on 24 images (24 training images)" in last
+    assert float(last.split()[2]) > 0.5  # two classes: chance is 0.5
+
+
+def test_grid_search_prints_a_ranked_table_of_backbones_and_cuts():
+    result = run_example("grid_search_backbone_cut.py", "--backbones", "VGG16",
+                         "--weights", "none", "--n-images", "90", "--input-size", "32",
+                         "--cv", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["backbone", "cut", "accuracy"]
+    assert {line.split()[1] for line in lines[1:4]} == {"block3", "block4", "(full)"}
+    assert lines[-1].startswith("best: {")
+
+
+@pytest.mark.slow
+@needs_hymenoptera
+def test_finetune_vs_features_scores_both_ways():
+    result = run_example("finetune_vs_features.py", str(HYMENOPTERA), "--n-per-class", "10",
+                         "--epochs", "1", "--input-size", "96")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "feature extraction + logistic regression: validation accuracy" in result.stdout
+    assert "fine-tuning (FineTunedClassifier): validation accuracy" in result.stdout
+
+
+def test_save_and_load_gives_identical_predictions_in_a_new_process():
+    result = run_example("save_and_load.py", "--n-images", "100", "--input-size", "32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("identical: True")
+
+
+def test_plot_activations_writes_the_pictures(tmp_path):
+    result = run_example("plot_activations.py", "--out-dir", str(tmp_path),
+                         "--input-size", "96")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {p.name for p in tmp_path.iterdir()} == {"activations_conv_pw_3.png",
+                                                   "activations_last.png"}
+
+
+@pytest.mark.slow
+@needs_hymenoptera
+def test_plot_activations_explains_a_fine_tuned_classifier(tmp_path):
+    result = run_example("plot_activations.py", "--out-dir", str(tmp_path),
+                         "--folder", str(HYMENOPTERA / "train"), "--n-per-class", "8",
+                         "--epochs", "1", "--input-size", "96")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"grad_cam.png", "training_curves.png"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_mixed_tabular_and_images_scores_three_column_sets():
+    result = run_example("mixed_tabular_images.py", "--n-images", "120", "--input-size", "32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = [line.split(":")[0].strip() for line in result.stdout.strip().splitlines()[-3:]]
+    assert names == ["numbers only", "image only", "image and numbers"]

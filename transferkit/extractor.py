@@ -382,8 +382,8 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        ndarray of shape (n_images, n_features_out_), dtype float32
-            Row ``i`` always belongs to image ``i``.
+        ndarray of shape (n_images, n_features), dtype float32
+            ``n_features`` is ``n_features_out_``. Row ``i`` always belongs to image ``i``.
         """
         self._ensure_built()
         images = as_image_collection(X)
