@@ -1,0 +1,127 @@
+"""How close ResNet50 feature extraction gets to this machine's matrix-multiply roof.
+
+achieved FLOP/s = (ResNet50 images per second through KerasFeatureExtractor) x (FLOPs per
+image, counted from the layers: 2 x multiply-adds of every convolution and dense layer);
+roof = the best float32 matrix-multiply throughput measured in the same run (TensorFlow and
+NumPy, square matrices). The bfloat16 figure is reported beside it, against both the float32
+roof and a bfloat16 matmul roof.
+
+    python benchmarks/roofline.py [--quick] [--n-images 64] [--batch-size 32]
+
+Target: >= 0.9 of the roof in float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from harness import best_time, emit, machine
+
+
+def layer_flops(model) -> int:
+    """2 x multiply-accumulates of the convolutions and dense layers of a Keras model."""
+    import keras
+
+    total = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.Model):
+            continue
+        out_shape = getattr(layer, "output", None)
+        if out_shape is None:
+            continue
+        out_shape = tuple(out_shape.shape)
+        spatial = int(np.prod(out_shape[1:-1])) if len(out_shape) > 2 else 1
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kh, kw = layer.kernel_size
+            total += 2 * spatial * kh * kw * out_shape[-1]
+        elif isinstance(layer, keras.layers.SeparableConv2D):
+            kh, kw = layer.kernel_size
+            c_in = layer.depthwise_kernel.shape[2]
+            total += 2 * spatial * (kh * kw * c_in * layer.depth_multiplier
+                                    + c_in * layer.depth_multiplier * out_shape[-1])
+        elif isinstance(layer, keras.layers.Conv2D):
+            kh, kw = layer.kernel_size
+            c_in = layer.kernel.shape[2]
+            total += 2 * spatial * kh * kw * c_in * out_shape[-1]
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * spatial * layer.kernel.shape[0] * layer.kernel.shape[1]
+    return total
+
+
+def matmul_roof(dtype: str, n: int, repeats: int) -> dict:
+    import tensorflow as tf
+
+    a = tf.random.uniform((n, n), dtype=tf.float32)
+    b = tf.random.uniform((n, n), dtype=tf.float32)
+    if dtype == "bfloat16":
+        a, b = tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16)
+    matmul = tf.function(lambda x, y: tf.linalg.matmul(x, y))
+    matmul(a, b).numpy()
+    tf_s = best_time(lambda: matmul(a, b).numpy(), repeats)
+    result = {f"tf_{dtype}_gflops": 2 * n**3 / tf_s / 1e9}
+    if dtype == "float32":
+        x, y = a.numpy(), b.numpy()
+        result["numpy_float32_gflops"] = 2 * n**3 / best_time(lambda: x @ y, repeats) / 1e9
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small run for smoke tests")
+    parser.add_argument("--n-images", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    n_images, repeats, size, matrix = (
+        (8, 1, 96, 512) if args.quick else (args.n_images, args.repeats, 224, 2048)
+    )
+
+    from transferkit import KerasFeatureExtractor
+
+    images = np.random.default_rng(0).integers(0, 256, (n_images, size, size, 3), np.uint8)
+    roofs = {**matmul_roof("float32", matrix, repeats), **matmul_roof("bfloat16", matrix,
+                                                                     repeats)}
+    roof32 = max(roofs["tf_float32_gflops"], roofs["numpy_float32_gflops"])
+
+    achieved = {}
+    for precision in ("float32", "bfloat16"):
+        extractor = KerasFeatureExtractor("ResNet50", weights=None, random_state=0,
+                                          input_size=size, cache=None,
+                                          batch_size=args.batch_size, precision=precision).fit()
+        flops = layer_flops(extractor.model_)
+        extractor.transform(images[: args.batch_size])
+        seconds = best_time(lambda e=extractor: e.transform(images), repeats)
+        achieved[precision] = {"images_per_s": n_images / seconds,
+                               "gflops": flops * n_images / seconds / 1e9,
+                               "gflops_per_image": flops / 1e9}
+
+    report = {
+        "benchmark": "roofline",
+        "quick": args.quick,
+        "backbone": "ResNet50",
+        "input_size": size,
+        "images": n_images,
+        "batch_size": args.batch_size,
+        "gflops_per_image": round(achieved["float32"]["gflops_per_image"], 3),
+        "roof_float32_gflops": round(roof32, 1),
+        **{k: round(v, 1) for k, v in roofs.items()},
+        "float32_images_per_s": round(achieved["float32"]["images_per_s"], 2),
+        "float32_gflops": round(achieved["float32"]["gflops"], 1),
+        "float32_fraction_of_roof": round(achieved["float32"]["gflops"] / roof32, 3),
+        "bfloat16_images_per_s": round(achieved["bfloat16"]["images_per_s"], 2),
+        "bfloat16_gflops": round(achieved["bfloat16"]["gflops"], 1),
+        "bfloat16_fraction_of_float32_roof": round(achieved["bfloat16"]["gflops"] / roof32, 3),
+        "bfloat16_fraction_of_bfloat16_roof": round(
+            achieved["bfloat16"]["gflops"] / roofs["tf_bfloat16_gflops"], 3),
+        "target": {"float32_fraction_of_roof": 0.9},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": machine(),
+    }
+    emit(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
