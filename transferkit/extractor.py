@@ -6,6 +6,7 @@ import logging
 import numbers
 import os
 import random
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -149,6 +150,11 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
         process and run that uses it. A cached feature is bit-identical to the one
         that was computed. Random weights without an integer ``random_state`` are
         never cached (each build differs).
+    on_error : {"raise", "nan"}, default="raise"
+        What an image that cannot be loaded (a missing, truncated or non-image file) does
+        in ``transform``: ``"raise"`` stops at it with an error naming its index and path;
+        ``"nan"`` keeps going, fills its row with NaN and warns once, listing every image
+        that failed, so the work on the others is kept and rows never shift.
     precision : {"float32", "bfloat16"}, default="float32"
         Compute precision of the backbone. ``"bfloat16"`` runs it with Keras'
         ``mixed_bfloat16`` policy (weights stay float32, output is float32): faster
@@ -203,6 +209,7 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
         verbose: int = 0,
         random_state: Any = None,
         cache: Any = "memory",
+        on_error: str = "raise",
         precision: str = "float32",
     ) -> None:
         self.backbone = backbone
@@ -215,6 +222,7 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
         self.verbose = verbose
         self.random_state = random_state
         self.cache = cache
+        self.on_error = on_error
         self.precision = precision
 
     # ------------------------------------------------------------------ building
@@ -241,6 +249,8 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
                 f"precision={self.precision!r} is not supported; use one of {_PRECISIONS}."
             )
         resolve_cache(self.cache)
+        if self.on_error not in ("raise", "nan"):
+            raise ValueError(f"on_error={self.on_error!r} is not supported; use 'raise' or 'nan'.")
         if not isinstance(self.backbone, str) and not _is_keras_model(self.backbone):
             raise ValueError(
                 f"backbone={self.backbone!r} is neither a backbone name (see "
@@ -390,34 +400,53 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
         out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
         cache = resolve_cache(self.cache) if self._fingerprint_ is not None else None
         if cache is None:
-            self._compute(images, out)
-            return out
-        keys = image_keys(images, self._fingerprint_)
-        missing = []
-        for i, vector in enumerate(cache.get_many(keys)):
-            if vector is None or vector.shape != (self.n_features_out_,):
-                missing.append(i)
-            else:
-                out[i] = vector
-        if missing:
-            logger.debug("feature cache: %d of %d images to compute", len(missing), len(images))
-            fresh = np.empty((len(missing), self.n_features_out_), dtype=np.float32)
-            self._compute(images.take(missing), fresh)
-            out[missing] = fresh
-            cache.put_many((keys[i], row) for i, row in zip(missing, fresh, strict=True))
+            failures = self._compute(images, out)
+        else:
+            keys = image_keys(images, self._fingerprint_)
+            missing = []
+            for i, vector in enumerate(cache.get_many(keys)):
+                if vector is None or vector.shape != (self.n_features_out_,):
+                    missing.append(i)
+                else:
+                    out[i] = vector
+            failures = []
+            if missing:
+                logger.debug("feature cache: %d of %d images to compute", len(missing),
+                             len(images))
+                fresh = np.empty((len(missing), self.n_features_out_), dtype=np.float32)
+                failures = self._compute(images.take(missing), fresh)
+                out[missing] = fresh
+                failed = {position for position, _ in failures}
+                cache.put_many((keys[i], row) for i, row in zip(missing, fresh, strict=True)
+                               if i not in failed)
+        if failures:
+            listing = "; ".join(message for _, message in failures[:20])
+            more = f" (and {len(failures) - 20} more)" if len(failures) > 20 else ""
+            warnings.warn(
+                f"{len(failures)} of {len(images)} images could not be loaded; their rows are "
+                f"NaN: {listing}{more}", UserWarning, stacklevel=2,
+            )
         return out
 
-    def _compute(self, images: Any, out: np.ndarray) -> None:
-        """Run the network over ``images`` into the preallocated ``out``."""
+    def _compute(self, images: Any, out: np.ndarray) -> list[tuple[int, str]]:
+        """Run the network over ``images`` into ``out``; return (position, reason) failures.
+
+        Rows of images that failed to load (``on_error="nan"``) are set to NaN.
+        """
         progbar = None
         if self.verbose:
             import keras
 
             progbar = keras.utils.Progbar(len(images), unit_name="image")
-        for start, batch in images.batches(self.input_size_, self.batch_size):
+        for start, batch in images.batches(self.input_size_, self.batch_size,
+                                           on_error=self.on_error):
             out[start : start + len(batch)] = self._forward(batch)
             if progbar is not None:
                 progbar.update(start + len(batch))
+        if images.failures:
+            row_of = {images.position(j): j for j in range(len(images))}
+            out[[row_of[position] for position, _ in images.failures]] = np.nan
+        return sorted(images.failures)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Names of the output features: ``<backbone>_<cut layer>_<index>``.

@@ -14,7 +14,7 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -64,7 +64,7 @@ def resize_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     Parameters
     ----------
     pixels : ndarray of shape (h, w, 3)
-        uint8 or float pixel values.
+        Integer or float pixel values in [0, 255].
     size : tuple of int
         Target ``(height, width)``.
 
@@ -76,6 +76,10 @@ def resize_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     if pixels.shape[:2] == (height, width):
         return pixels
+    if np.issubdtype(pixels.dtype, np.integer) or pixels.dtype == np.bool_:
+        # Integer pixels are validated to lie in [0, 255]: as uint8 they take exactly the
+        # path of a decoded file.
+        pixels = pixels.astype(np.uint8)
     if pixels.dtype == np.uint8:
         return np.asarray(Image.fromarray(pixels, mode="RGB").resize((width, height), _RESAMPLE))
     channels = [
@@ -199,6 +203,11 @@ class ImageCollection:
     array: np.ndarray | None = None
     items: list[Any] | None = None
     index: Any = None
+    # Position of each image in the caller's input, so that errors about a subset (a cache
+    # miss, a validation split) still name the image the caller knows.
+    positions: list[int] | None = None
+    # (position, message) of each image that could not be loaded under on_error="nan".
+    failures: list[tuple[int, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.array) if self.array is not None else len(self.items)
@@ -207,14 +216,21 @@ class ImageCollection:
     def is_streamed(self) -> bool:
         return self.items is not None
 
+    def position(self, i: int) -> int:
+        """Where image ``i`` of this collection stood in the caller's input."""
+        return self.positions[i] if self.positions is not None else i
+
     def take(self, indices: Any) -> ImageCollection:
         """The images at ``indices``, in that order, without decoding anything."""
+        indices = [int(i) for i in indices]
+        positions = [self.position(i) for i in indices]
         if self.array is not None:
-            return ImageCollection(array=self.array[np.asarray(indices, dtype=np.intp)])
-        return ImageCollection(items=[self.items[i] for i in indices])
+            return ImageCollection(array=self.array[np.asarray(indices, dtype=np.intp)],
+                                   positions=positions)
+        return ImageCollection(items=[self.items[i] for i in indices], positions=positions)
 
     def _load_item(self, i: int, size: tuple[int, int]) -> np.ndarray:
-        item = self.items[i]
+        item, i = self.items[i], self.position(i)
         try:
             if isinstance(item, (str, os.PathLike)):
                 return load_image(item, size)
@@ -246,13 +262,21 @@ class ImageCollection:
         return out
 
     def batches(
-        self, size: tuple[int, int], batch_size: int, n_threads: int | None = None
+        self, size: tuple[int, int], batch_size: int, n_threads: int | None = None,
+        on_error: str = "raise",
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, float32 batch of shape (b, height, width, 3))`` in input order.
 
         For streamed inputs the next batch is decoded on a thread pool while the
         caller works on the current one; at most two batches are alive at once.
+
+        With ``on_error="raise"`` the first image that cannot be loaded raises, naming
+        it. With ``on_error="nan"`` it is recorded in :attr:`failures` instead, its slot
+        in the batch is filled with zeros (callers blank the matching output row), and
+        the other images go on: rows never shift.
         """
+        if on_error not in ("raise", "nan"):
+            raise ValueError(f"on_error={on_error!r} is not supported; use 'raise' or 'nan'.")
         n = len(self)
         if not self.is_streamed:
             for start in range(0, n, batch_size):
@@ -260,13 +284,21 @@ class ImageCollection:
             return
         n_threads = n_threads or min(8, (os.cpu_count() or 1) + 1)
 
+        def load_or_record(i: int) -> np.ndarray:
+            if on_error == "raise":
+                return self._load_item(i, size)
+            try:
+                return self._load_item(i, size)
+            except (ValueError, OSError) as exc:
+                self.failures.append((self.position(i), str(exc)))
+                return np.zeros((size[0], size[1], 3), dtype=np.float32)
+
         def load_batch(start: int) -> np.ndarray:
             stop = min(start + batch_size, n)
             out = np.empty((stop - start, size[0], size[1], 3), dtype=np.float32)
             # map() keeps order, so row j is always image start + j even when decodes finish
             # out of order.
-            for j, pixels in enumerate(pool.map(lambda i: self._load_item(i, size),
-                                                range(start, stop))):
+            for j, pixels in enumerate(pool.map(load_or_record, range(start, stop))):
                 out[j] = pixels
             return out
 
