@@ -25,7 +25,7 @@ from .conftest import HYMENOPTERA, KERAS_HOME, REPO, needs_hymenoptera, needs_sh
 TINY = {
     "backbone": "VGG16", "weights": None, "cut": "block3", "input_size": 32,
     "head_learning_rate": 0.01, "head_epochs": 15, "learning_rate": 1e-3, "epochs": 3,
-    "batch_size": 8, "random_state": 0,
+    "batch_size": 8, "random_state": 0, "head_init": "adam",
 }
 
 
@@ -195,6 +195,32 @@ def test_augmentation_disables_the_cache_and_trains(data):
         tiny(augment="shear").fit(X, y)
 
 
+def test_logistic_head_is_a_cross_validated_logistic_regression(data):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = data
+    clf = tiny(head_init="logistic", epochs=0).fit(X, y)
+    head = clf.history_["head"]
+    assert head["loss"] == [] and head["best_epoch"] == -1 and len(head["seconds"]) == 1
+    assert head["C"] in set(np.logspace(-3, 2, 11))
+    assert np.isfinite(head["initial_val_loss"])
+    assert clf.score(X, y) >= 0.9
+    # It predicts as a logistic regression with that C on the pooled frozen features does
+    # (that one sees all the images, the head only the training split).
+    features = clf._pooled_net.predict(clf._prefix.predict(X, verbose=0), verbose=0)
+    reference = LogisticRegression(C=head["C"], max_iter=2000).fit(features, y)
+    assert (clf.predict(X) == reference.predict(features)).mean() >= 0.9
+    # The default, and with fine-tuning after it, still a working classifier.
+    assert FineTunedClassifier().head_init == "logistic"
+    tuned = tiny(head_init="logistic").fit(X, y)
+    assert tuned.score(X, y) >= 0.9 and len(tuned.history_["finetune"]["loss"]) >= 1
+
+
+def test_logistic_head_with_a_hidden_layer_falls_back_to_adam(data):
+    clf = tiny(head_init="logistic", hidden_units=8, epochs=0, head_epochs=3).fit(*data)
+    assert len(clf.history_["head"]["loss"]) >= 1 and "C" not in clf.history_["head"]
+
+
 def test_hidden_units_add_a_hidden_layer(data):
     clf = tiny(hidden_units=16, epochs=1).fit(*data)
     assert clf.model_.get_layer("tuned").get_layer("head").get_layer("head_hidden").units == 16
@@ -243,7 +269,8 @@ def test_freeze_until_after_cut_raises(data):
     ("params", "match"),
     [({"learning_rate": 0}, "learning_rate"), ({"dropout": 1.0}, "dropout"),
      ({"validation_fraction": 1.5}, "validation_fraction"), ({"pooling": "sum"}, "pooling"),
-     ({"cache": "yes"}, "cache"), ({"class_weight": "even"}, "class_weight")],
+     ({"cache": "yes"}, "cache"), ({"class_weight": "even"}, "class_weight"),
+     ({"head_init": "sgd"}, "head_init")],
 )
 def test_invalid_parameters_name_the_value(data, params, match):
     with pytest.raises(ValueError, match=match):

@@ -38,6 +38,9 @@ _AUGMENTATIONS = ("flip", "rotation", "zoom")
 # transfer-learning guide, mild enough to keep an object recognisable.
 _ROTATION_FACTOR = 0.1
 _ZOOM_FACTOR = 0.1
+_HEAD_INITS = ("logistic", "adam")
+# Inverse L2 strengths tried by the internal cross-validation of head_init="logistic".
+_HEAD_CS = np.logspace(-3, 2, 11)
 
 
 def _subset(images: ImageCollection, indices: np.ndarray) -> ImageCollection:
@@ -122,8 +125,8 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
     epochs : int, default=10
         Maximum number of epochs of the fine-tuning phase; ``0`` skips it.
     head_epochs : int, default=100
-        Maximum number of epochs of the head phase. They run on cached pooled
-        features and cost almost nothing.
+        Maximum number of epochs of the head phase when it runs Adam (see
+        ``head_init``). They run on cached pooled features and cost almost nothing.
     batch_size : int, default=32
         Images per training step and per forward pass.
     pooling : {"avg", "max"} or None, default="avg"
@@ -134,6 +137,16 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         Width of an optional ReLU hidden layer in the head; ``None`` for a linear head.
     head_l2 : float, default=1e-3
         L2 penalty on the kernels of the head, which has few examples to learn from.
+    head_init : {"logistic", "adam"}, default="logistic"
+        How the head phase trains a linear head (``hidden_units=None``).
+        ``"logistic"`` fits it exactly, as an L2-regularised multinomial logistic
+        regression on the pooled frozen features, its penalty chosen by stratified
+        3-fold cross-validation on the training images (``sklearn``'s
+        ``LogisticRegressionCV``): no learning rate, epoch count or early stopping to
+        get right, and the best linear probe the features allow as the starting point
+        of fine-tuning. ``"adam"`` trains it by gradient descent instead
+        (``head_epochs`` at ``head_learning_rate``, with ``head_l2`` and
+        ``dropout``), as does any head with a hidden layer.
     augment : None, str or sequence of str, default=None
         Random augmentation of the training images in the fine-tuning phase: any of
         ``"flip"`` (horizontal), ``"rotation"`` and ``"zoom"``, e.g.
@@ -195,7 +208,10 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         ``"val_accuracy"`` to one value per epoch run, ``"initial_val_loss"`` to the
         validation loss before the phase's first epoch, and ``"best_epoch"`` to the
         index of the epoch whose weights were kept (-1: no epoch improved on the
-        starting weights, which were kept).
+        starting weights, which were kept). With ``head_init="logistic"``, the head
+        entry has no epochs: its ``"seconds"`` holds the time of the fit, ``"C"`` the
+        inverse penalty chosen by cross-validation, and ``"initial_val_loss"`` the
+        validation loss of the fitted head.
 
     See Also
     --------
@@ -227,6 +243,7 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         dropout: float = 0.2,
         hidden_units: int | None = None,
         head_l2: float = 1e-3,
+        head_init: str = "logistic",
         augment: str | tuple[str, ...] | None = None,
         train_batchnorm: bool = False,
         cache: str | bool = "auto",
@@ -252,6 +269,7 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         self.dropout = dropout
         self.hidden_units = hidden_units
         self.head_l2 = head_l2
+        self.head_init = head_init
         self.augment = augment
         self.train_batchnorm = train_batchnorm
         self.cache = cache
@@ -329,6 +347,10 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
                 or not 0 < self.validation_fraction < 1:
             raise ValueError(
                 f"validation_fraction={self.validation_fraction!r} must be in (0, 1)."
+            )
+        if self.head_init not in _HEAD_INITS:
+            raise ValueError(
+                f"head_init={self.head_init!r} is not supported; use 'logistic' or 'adam'."
             )
         if self.cache not in ("auto", True, False):
             raise ValueError(f"cache={self.cache!r} must be 'auto', True or False.")
@@ -655,12 +677,16 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         val_feat = None if val_act is None else self._run(pooled_forward, val_act)
 
         shuffle_rng = np.random.RandomState(seeds["shuffle"])
-        self.history_ = {
-            "head": self._train_phase(
+        if self.head_init == "logistic" and self.hidden_units is None:
+            head_history = self._fit_logistic_head(
+                train_feat, y_train, w_train, val_feat, y_val, len(classes), seeds["split"]
+            )
+        else:
+            head_history = self._train_phase(
                 "head", self._head, train_feat, y_train, w_train, val_feat, y_val,
                 self.head_epochs, self.head_learning_rate, shuffle_rng,
             )
-        }
+        self.history_ = {"head": head_history}
         self.n_trainable_weights_ = int(sum(
             int(np.prod(v.shape)) for v in self._trainable_net.trainable_variables
         ))
@@ -674,6 +700,52 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
             self.epochs, self.learning_rate, shuffle_rng,
         )
         return self
+
+    def _fit_logistic_head(
+        self,
+        features: np.ndarray,
+        y: np.ndarray,
+        w: np.ndarray,
+        val_features: np.ndarray | None,
+        y_val: np.ndarray | None,
+        n_classes: int,
+        seed: int,
+    ) -> dict[str, Any]:
+        """Set the linear head to a cross-validated L2 logistic regression on ``features``."""
+        from sklearn.linear_model import LogisticRegressionCV
+        from sklearn.model_selection import StratifiedKFold
+
+        started = time.perf_counter()
+        n_splits = int(min(3, np.bincount(y, minlength=n_classes).min()))
+        if n_splits >= 2:
+            cv = StratifiedKFold(n_splits, shuffle=True, random_state=seed)
+            model = LogisticRegressionCV(Cs=_HEAD_CS, l1_ratios=(0.0,), cv=cv,
+                                         scoring="accuracy", max_iter=2000,
+                                         use_legacy_attributes=False)
+            model.fit(features, y, sample_weight=w)
+            C = float(np.ravel(model.C_)[0])
+        else:  # a class too small to cross-validate: the usual default penalty
+            from sklearn.linear_model import LogisticRegression
+
+            C = 1.0
+            model = LogisticRegression(C=C, max_iter=2000).fit(features, y, sample_weight=w)
+        coef, intercept = model.coef_, model.intercept_
+        if coef.shape[0] == 1:  # binary: one logit difference, split between two logits
+            coef = np.concatenate([-coef / 2, coef / 2])
+            intercept = np.concatenate([-intercept / 2, intercept / 2])
+        self._head.get_layer("head_logits").set_weights(
+            [coef.T.astype(np.float32), intercept.astype(np.float32)]
+        )
+        history: dict[str, Any] = {
+            "loss": [], "accuracy": [], "seconds": [time.perf_counter() - started],
+            "C": C, "best_epoch": -1,
+        }
+        if val_features is not None:
+            log_probs = model.predict_log_proba(val_features)
+            history["initial_val_loss"] = float(-log_probs[np.arange(len(y_val)), y_val].mean())
+            history.update(val_loss=[], val_accuracy=[])
+        self._log(f"head: logistic regression, C={C:g} (3-fold CV)")
+        return history
 
     @staticmethod
     def _tensor_forward(model: Any):
