@@ -97,3 +97,17 @@ def test_joblib_round_trip_of_a_fitted_pipeline_in_a_fresh_process(tmp_path):
                             env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "identical" in result.stdout
+
+
+def test_grid_search_with_two_processes_over_a_fine_tuned_classifier():
+    from transferkit import FineTunedClassifier
+
+    X, y = _two_class_images(8)
+    base = FineTunedClassifier("VGG16", weights=None, cut="block3", input_size=32, epochs=1,
+                               head_epochs=3, batch_size=8, random_state=0)
+    grid = {"learning_rate": [1e-4, 1e-3], "freeze_until": ["block2", "block3"]}
+    parallel = GridSearchCV(base, grid, cv=2, n_jobs=2).fit(X, y)
+    serial = GridSearchCV(base, grid, cv=2, n_jobs=1).fit(X, y)
+    assert parallel.best_params_ == serial.best_params_
+    np.testing.assert_allclose(parallel.cv_results_["mean_test_score"],
+                               serial.cv_results_["mean_test_score"])
