@@ -181,7 +181,8 @@ def _check_pixel_values(pixels: np.ndarray, offset: int, name: str) -> None:
             "expected values in [0, 255]. Rescale it (e.g. 16-bit data: x / 257, "
             "standardised data: undo the standardisation) before passing it in."
         )
-    if np.issubdtype(pixels.dtype, np.floating) and pixels.size and float(high.max()) <= 1.0:
+    # All-black images are legitimate; only a nonzero maximum of at most 1 looks unscaled.
+    if np.issubdtype(pixels.dtype, np.floating) and pixels.size and 0 < float(high.max()) <= 1:
         warnings.warn(
             f"All pixel values of {name} lie in [0, 1]; transferkit expects [0, 255] (the "
             "backbone's own preprocessing is applied for you). Multiply by 255 if these are "

@@ -1,0 +1,77 @@
+"""Keeping TensorFlow's start-up noise out of a scikit-learn user's console.
+
+Importing TensorFlow writes C++ log lines straight to file descriptor 2 (CUDA probing on
+machines without a GPU, oneDNN notices, absl's "All log messages before
+absl::InitializeLog()" banner), whatever Python's logging or warnings settings say, and some
+of them ignore ``TF_CPP_MIN_LOG_LEVEL``. transferkit imports Keras lazily, so it can silence
+that one import: a one-shot import hook runs TensorFlow's module code with descriptor 2
+pointed at ``/dev/null``. Python exceptions still propagate (and print) once it is restored.
+
+A user who sets ``TF_CPP_MIN_LOG_LEVEL`` themselves has asked for TensorFlow's own output and
+gets it untouched; ``TF_CPP_MIN_LOG_LEVEL=0`` shows everything.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["install_quiet_tensorflow_import"]
+
+_LOCK = threading.Lock()
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for the duration (C++ writes included)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` like the normal machinery, but loads it with stderr silenced."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "tensorflow":
+            return None
+        with _LOCK:
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)  # one shot: the real finders take it from here
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def quiet_exec_module(module):
+            with native_stderr_silenced():
+                exec_module(module)
+
+        spec.loader.exec_module = quiet_exec_module
+        return spec
+
+
+def install_quiet_tensorflow_import(user_set_log_level: bool) -> None:
+    """Silence TensorFlow's first import, unless it already happened or the user asked."""
+    if user_set_log_level or "tensorflow" in sys.modules:
+        return
+    try:
+        os.fstat(2)
+    except OSError:
+        return  # no descriptor 2 to redirect (some embedded interpreters)
+    with _LOCK:
+        if not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
+            sys.meta_path.insert(0, _QuietTensorFlowFinder())
