@@ -9,6 +9,7 @@ import random
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -472,6 +473,27 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
         tags.non_deterministic = self.weights is None and self.random_state is None
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save to a file that :func:`transferkit.load` reads without running code from it.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination file, replaced atomically if it exists.
+
+        Returns
+        -------
+        path : pathlib.Path
+            The file written.
+
+        See Also
+        --------
+        transferkit.persistence.save : The format, its guarantees, what cannot be saved.
+        """
+        from .persistence import save
+
+        return save(self, path)
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:

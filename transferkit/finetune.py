@@ -14,6 +14,7 @@ import math
 import numbers
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -797,6 +798,27 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
     # ------------------------------------------------------------------ pickling
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save to a file that :func:`transferkit.load` reads without running code from it.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination file, replaced atomically if it exists.
+
+        Returns
+        -------
+        path : pathlib.Path
+            The file written.
+
+        See Also
+        --------
+        transferkit.persistence.save : The format, its guarantees, what cannot be saved.
+        """
+        from .persistence import save
+
+        return save(self, path)
+
     _KERAS_ATTRIBUTES = (
         "model_", "_train_net", "_prefix", "_pooled_net", "_head", "_trainable_net", "_forward",
     )
