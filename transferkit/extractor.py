@@ -6,6 +6,7 @@ import logging
 import numbers
 import os
 import random
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ __all__ = ["KerasFeatureExtractor"]
 logger = logging.getLogger(__name__)
 
 _POOLINGS = ("avg", "max", None)
+_SEEDED_BUILD_LOCK = threading.RLock()
 _PRECISIONS = ("float32", "bfloat16")
 
 
@@ -31,9 +33,11 @@ _PRECISIONS = ("float32", "bfloat16")
 def seeded_keras_init(random_state: Any) -> Iterator[None]:
     """Make Keras' default initialisers deterministic without touching global RNG state.
 
-    Keras draws the seed of every unseeded initializer from Python's ``random``
-    module, so seeding it for the duration of a model build fixes the random
-    weights; the caller's own ``random`` state is restored afterwards.
+    Keras draws the seed of every unseeded initializer from Python's ``random`` module.
+    Seeding that shared module is not enough: any other thread that draws from it during
+    the build (a Dask worker's event loop does) shifts the sequence and changes the
+    weights. So, for the duration of the build, Keras' seed source is replaced by a
+    private ``random.Random(seed)``; builds are serialised so that two cannot share it.
     """
     if random_state is None:
         yield
@@ -43,12 +47,25 @@ def seeded_keras_init(random_state: Any) -> Iterator[None]:
         if isinstance(random_state, numbers.Integral)
         else int(check_random_state(random_state).randint(0, 2**31 - 1))
     )
-    saved = random.getstate()
-    random.seed(seed)
     try:
-        yield
-    finally:
-        random.setstate(saved)
+        from keras.src.random import seed_generator
+    except ImportError:  # a Keras without this module: seed the shared generator instead
+        seed_generator = None
+    with _SEEDED_BUILD_LOCK:
+        if seed_generator is None or not hasattr(seed_generator, "python_random"):
+            saved = random.getstate()
+            random.seed(seed)
+            try:
+                yield
+            finally:
+                random.setstate(saved)
+            return
+        shared = seed_generator.python_random
+        seed_generator.python_random = random.Random(seed)
+        try:
+            yield
+        finally:
+            seed_generator.python_random = shared
 
 
 @contextmanager
