@@ -290,7 +290,6 @@ def test_clone_and_grid_search_over_freeze_until_and_learning_rate(data):
     assert search.best_estimator_.score(X, y) >= 0.9
 
 
-@pytest.mark.slow
 def test_joblib_round_trip_in_a_fresh_process_and_fresh_fit_repeatability(
     fitted, data, tmp_path
 ):
@@ -319,7 +318,6 @@ def test_joblib_round_trip_in_a_fresh_process_and_fresh_fit_repeatability(
 
 
 # ------------------------------------------------------------------ real weights
-@pytest.mark.slow
 @needs_shared_weights
 @needs_hymenoptera
 def test_fine_tuning_mobilenet_on_hymenoptera_reaches_080_val_accuracy():

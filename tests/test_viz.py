@@ -158,7 +158,6 @@ def test_history_plot_of_an_unfitted_classifier_says_fit_first():
         plot_history(FineTunedClassifier())
 
 
-@pytest.mark.slow
 @needs_shared_weights
 @needs_hymenoptera
 def test_grad_cam_highlights_the_bee_more_than_the_background():
