@@ -44,13 +44,6 @@ _HEAD_INITS = ("logistic", "adam")
 _HEAD_CS = np.logspace(-3, 2, 11)
 
 
-def _subset(images: ImageCollection, indices: np.ndarray) -> ImageCollection:
-    """The images at ``indices``, in that order, still streamed lazily for path inputs."""
-    if images.array is not None:
-        return ImageCollection(array=images.array[indices])
-    return ImageCollection(items=[images.items[i] for i in indices])
-
-
 def _check_labels(y: Any, n_images: int) -> np.ndarray:
     if y is None:
         raise ValueError("y is None; FineTunedClassifier needs one class label per image.")
@@ -568,7 +561,7 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
             order = rng.permutation(n)
             total_loss, total_correct = 0.0, 0.0
             if streamed:
-                batches = ((start, batch) for start, batch in _subset(train, order).batches(
+                batches = ((start, batch) for start, batch in train.take(order).batches(
                     self.input_size_, self.batch_size))
             else:
                 batches = ((start, train[order[start:start + self.batch_size]])
@@ -665,8 +658,8 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         )
 
         prefix_forward = _make_forward(self._prefix, self.input_size_)
-        train_images = _subset(images, train_idx)
-        val_images = None if val_idx is None else _subset(images, val_idx)
+        train_images = images.take(train_idx)
+        val_images = None if val_idx is None else images.take(val_idx)
         y_train = y_code[train_idx]
         y_val = None if val_idx is None else y_code[val_idx]
         # Frozen activations, computed once: the head phase needs them whether or not the
