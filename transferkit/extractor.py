@@ -10,7 +10,6 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ from sklearn.utils import check_random_state
 
 from .cache import fingerprint, image_keys, model_memo, resolve_cache, weights_identity
 from .image_input import as_image_collection
+from .persistence import SaveMixin
 
 __all__ = ["KerasFeatureExtractor"]
 
@@ -122,7 +122,7 @@ def _make_forward(model: Any, size: tuple[int, int]):
     return lambda batch: keras.ops.convert_to_numpy(model(batch, training=False))
 
 
-class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
+class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
     """Image features from a pretrained Keras Applications backbone.
 
     The backbone is loaded without its classifier top, truncated at ``cut`` and
@@ -490,27 +490,6 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
         tags.non_deterministic = self.weights is None and self.random_state is None
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Save to a file that :func:`transferkit.load` reads without running code from it.
-
-        Parameters
-        ----------
-        path : str or path-like
-            Destination file, replaced atomically if it exists.
-
-        Returns
-        -------
-        path : pathlib.Path
-            The file written.
-
-        See Also
-        --------
-        transferkit.persistence.save : The format, its guarantees, what cannot be saved.
-        """
-        from .persistence import save
-
-        return save(self, path)
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:

@@ -14,7 +14,6 @@ import math
 import numbers
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from .extractor import _is_keras_model, _make_forward, seeded_keras_init
 from .image_input import ImageCollection, as_image_collection
+from .persistence import SaveMixin
 
 __all__ = ["FineTunedClassifier"]
 
@@ -79,7 +79,7 @@ def _check_labels(y: Any, n_images: int) -> np.ndarray:
     return y
 
 
-class FineTunedClassifier(ClassifierMixin, BaseEstimator):
+class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained Keras Applications backbone on your images.
 
     The backbone is truncated at ``cut``, pooled and topped with a new softmax
@@ -791,27 +791,6 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
     # ------------------------------------------------------------------ pickling
-    def save(self, path: str | os.PathLike) -> Path:
-        """Save to a file that :func:`transferkit.load` reads without running code from it.
-
-        Parameters
-        ----------
-        path : str or path-like
-            Destination file, replaced atomically if it exists.
-
-        Returns
-        -------
-        path : pathlib.Path
-            The file written.
-
-        See Also
-        --------
-        transferkit.persistence.save : The format, its guarantees, what cannot be saved.
-        """
-        from .persistence import save
-
-        return save(self, path)
-
     _KERAS_ATTRIBUTES = (
         "model_", "_train_net", "_prefix", "_pooled_net", "_head", "_trainable_net", "_forward",
     )

@@ -606,3 +606,26 @@ def _read_weights(data: bytes, described: Any, where: str) -> list[np.ndarray]:
                 f"which the manifest does not describe ({reprlib.repr(entry)})."
             )
     return arrays
+
+
+class SaveMixin:
+    """Gives an estimator ``save(path)``, the counterpart of :func:`transferkit.load`."""
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save to a file that :func:`transferkit.load` reads without running code from it.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination file, replaced atomically if it exists.
+
+        Returns
+        -------
+        path : pathlib.Path
+            The file written.
+
+        See Also
+        --------
+        transferkit.persistence.save : The format, its guarantees, what cannot be saved.
+        """
+        return save(self, path)
