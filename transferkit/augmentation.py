@@ -1,0 +1,109 @@
+"""Image framing for training: random resized crops while training, a central crop otherwise.
+
+The ImageNet backbones of ``keras.applications`` were trained on random resized crops
+(a random part of the image, of random size and aspect ratio, resized to the input) and
+evaluated on a central crop of the image resized slightly larger than the input. A model
+fine-tuned with the same framing sees objects at the scale its pretrained filters expect.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+
+__all__ = ["RandomResizedCrop", "source_size"]
+
+#: Area of a random crop as a fraction of the image: the lower bound is milder than
+#: ImageNet training's 0.08, because a small data set cannot afford crops that miss the object.
+CROP_SCALE = (0.35, 1.0)
+#: Aspect ratio (width / height) of a random crop, drawn log-uniformly.
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def source_size(input_size: tuple[int, int], crop_fraction: float) -> tuple[int, int]:
+    """Size images are loaded at so that a central ``crop_fraction`` of them is ``input_size``.
+
+    >>> source_size((224, 224), 0.875)
+    (256, 256)
+    """
+    return tuple(int(round(side / crop_fraction)) for side in input_size)
+
+
+class RandomResizedCrop(keras.layers.Layer):
+    """A random part of each image, resized to ``(height, width)``; a central crop at inference.
+
+    In training, each image gets its own box: area a uniform fraction ``scale`` of the
+    image, aspect ratio log-uniform in ``ratio``, position uniform, and the box is resized
+    bilinearly to the output size. At inference (``training=False``) the central
+    ``(height, width)`` pixels are kept, without resampling: the input is expected to be
+    the image resized to ``height / crop_fraction`` by ``width / crop_fraction``.
+
+    Parameters
+    ----------
+    height, width : int
+        Output size.
+    scale : (float, float), default=CROP_SCALE
+        Range of the crop's area as a fraction of the image's.
+    ratio : (float, float), default=CROP_RATIO
+        Range of the crop's aspect ratio (width / height).
+    seed : int, default=None
+        Seed of the boxes; the sequence of boxes is reproducible given it.
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        scale: tuple[float, float] = CROP_SCALE,
+        ratio: tuple[float, float] = CROP_RATIO,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.height, self.width = int(height), int(width)
+        self.scale, self.ratio, self.seed = tuple(scale), tuple(ratio), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = False
+
+    def call(self, images: Any, training: bool | None = None) -> Any:
+        if training:
+            return self._random_crops(images)
+        return self._central_crop(images)
+
+    def _central_crop(self, images: Any) -> Any:
+        shape = keras.ops.shape(images)
+        top = (shape[1] - self.height) // 2
+        left = (shape[2] - self.width) // 2
+        return images[:, top:top + self.height, left:left + self.width, :]
+
+    def _random_crops(self, images: Any) -> Any:
+        import tensorflow as tf
+
+        n = tf.shape(images)[0]
+        area = keras.random.uniform((n,), *self.scale, seed=self.seed_generator)
+        log_ratio = keras.random.uniform(
+            (n,), math.log(self.ratio[0]), math.log(self.ratio[1]), seed=self.seed_generator
+        )
+        aspect = tf.exp(log_ratio)
+        # Box sides as fractions of the image's; a box wider or taller than the image is
+        # clipped, which only makes the crop's area smaller than drawn.
+        box_h = tf.minimum(1.0, tf.sqrt(area / aspect))
+        box_w = tf.minimum(1.0, tf.sqrt(area * aspect))
+        position = keras.random.uniform((n, 2), 0.0, 1.0, seed=self.seed_generator)
+        top = position[:, 0] * (1.0 - box_h)
+        left = position[:, 1] * (1.0 - box_w)
+        boxes = tf.stack([top, left, top + box_h, left + box_w], axis=1)
+        return tf.image.crop_and_resize(
+            tf.cast(images, tf.float32), boxes, tf.range(n), (self.height, self.width)
+        )
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], self.height, self.width, input_shape[-1])
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(height=self.height, width=self.width, scale=self.scale,
+                      ratio=self.ratio, seed=self.seed)
+        return config
