@@ -22,10 +22,12 @@ from .conftest import HYMENOPTERA, KERAS_HOME, REPO, needs_hymenoptera, needs_sh
 # VGG16 cut after block3 at 32 px: small and, unlike randomly initialised MobileNets (whose
 # features shrink to ~1e-18 through the BatchNormalization layers at their initial
 # statistics), its random features still separate simple images. Block 3 is trainable.
+# No augmentation, so that the frozen-prefix cache is on; the default augmented training
+# has tests of its own.
 TINY = {
     "backbone": "VGG16", "weights": None, "cut": "block3", "input_size": 32,
     "head_learning_rate": 0.01, "head_epochs": 15, "learning_rate": 1e-3, "epochs": 3,
-    "batch_size": 8, "random_state": 0, "head_init": "adam",
+    "batch_size": 8, "random_state": 0, "head_init": "adam", "augment": None,
 }
 
 
@@ -195,6 +197,42 @@ def test_augmentation_disables_the_cache_and_trains(data):
         tiny(augment="shear").fit(X, y)
 
 
+def test_default_training_crops_flips_and_gives_the_head_augmented_views(data):
+    X, y = data
+    clf = tiny(augment=FineTunedClassifier().augment, head_init="logistic", head_views=3)
+    clf.fit(X, y)
+    assert clf.augment == ("crop", "flip") and not clf.cached_
+    assert clf._train_net.get_layer("augment_crop") is not None
+    assert clf.history_["head"]["views"] == 4  # the central crop + 3 random views
+    assert clf.score(X, y) >= 0.9
+    without_views = tiny(augment=("crop", "flip"), head_init="logistic", head_views=0).fit(X, y)
+    assert without_views.history_["head"]["views"] == 1
+
+
+def test_pixels_outside_the_central_crop_do_not_change_predictions(data):
+    X, y = data
+    clf = tiny(crop_fraction=0.5, epochs=1).fit(X, y)
+    assert clf.input_size_ == (32, 32) and clf.source_size_ == (64, 64)
+    assert tuple(clf.model_.input_shape[1:3]) == (64, 64)
+    images = np.random.default_rng(1).integers(0, 256, (4, 64, 64, 3)).astype(np.uint8)
+    framed = images.copy()
+    framed[:, :16], framed[:, 48:], framed[:, :, :16], framed[:, :, 48:] = 255, 0, 255, 0
+    np.testing.assert_array_equal(clf.predict_proba(framed), clf.predict_proba(images))
+    whole = tiny(crop_fraction=1.0, epochs=1).fit(X, y)
+    assert whole.source_size_ == whole.input_size_ == (32, 32)
+    assert not np.allclose(whole.predict_proba(framed), whole.predict_proba(images))
+
+
+def test_fine_tuning_learning_rate_decays_along_a_cosine(data):
+    clf = tiny(epochs=4, early_stopping=False).fit(*data)
+    rates = clf.history_["finetune"]["learning_rate"]
+    assert rates[0] == pytest.approx(TINY["learning_rate"])
+    expected = [TINY["learning_rate"] * 0.5 * (1 + np.cos(np.pi * e / 4)) for e in range(4)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-12)
+    head_rates = clf.history_["head"]["learning_rate"]
+    assert head_rates == [pytest.approx(TINY["head_learning_rate"])] * len(head_rates)
+
+
 def test_logistic_head_is_a_cross_validated_logistic_regression(data):
     from sklearn.linear_model import LogisticRegression
 
@@ -270,7 +308,8 @@ def test_freeze_until_after_cut_raises(data):
     [({"learning_rate": 0}, "learning_rate"), ({"dropout": 1.0}, "dropout"),
      ({"validation_fraction": 1.5}, "validation_fraction"), ({"pooling": "sum"}, "pooling"),
      ({"cache": "yes"}, "cache"), ({"class_weight": "even"}, "class_weight"),
-     ({"head_init": "sgd"}, "head_init")],
+     ({"head_init": "sgd"}, "head_init"), ({"crop_fraction": 0}, "crop_fraction"),
+     ({"crop_fraction": 1.2}, "crop_fraction"), ({"head_views": -1}, "head_views")],
 )
 def test_invalid_parameters_name_the_value(data, params, match):
     with pytest.raises(ValueError, match=match):

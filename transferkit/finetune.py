@@ -34,7 +34,7 @@ __all__ = ["FineTunedClassifier"]
 logger = logging.getLogger(__name__)
 
 _POOLINGS = ("avg", "max", None)
-_AUGMENTATIONS = ("flip", "rotation", "zoom")
+_AUGMENTATIONS = ("crop", "flip", "rotation", "zoom")
 # Strength of rotation (fraction of a full turn) and zoom: the values of the Keras
 # transfer-learning guide, mild enough to keep an object recognisable.
 _ROTATION_FACTOR = 0.1
@@ -112,8 +112,9 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         from ``list_cut_points``), because the trainable part must depend on the frozen
         part through that single output. Passing the cut layer itself trains the head only.
     learning_rate : float, default=1e-4
-        Adam learning rate of the fine-tuning phase. Low, so that the pretrained
-        layers are adapted rather than overwritten.
+        Initial Adam learning rate of the fine-tuning phase. Low, so that the pretrained
+        layers are adapted rather than overwritten; it decays to zero over ``epochs``
+        along half a cosine, so that the last epochs settle rather than jump.
     head_learning_rate : float, default=1e-3
         Adam learning rate of the head phase.
     epochs : int, default=10
@@ -134,17 +135,36 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     head_init : {"logistic", "adam"}, default="logistic"
         How the head phase trains a linear head (``hidden_units=None``).
         ``"logistic"`` fits it exactly, as an L2-regularised multinomial logistic
-        regression on the pooled frozen features, its penalty chosen by stratified
-        3-fold cross-validation on the training images (``sklearn``'s
+        regression on the pooled frozen features (of the ``head_views`` too), its
+        penalty chosen by the log-loss of a stratified 3-fold cross-validation on the
+        training images, the views of an image kept in one fold (``sklearn``'s
         ``LogisticRegressionCV``): no learning rate, epoch count or early stopping to
         get right, and the best linear probe the features allow as the starting point
         of fine-tuning. ``"adam"`` trains it by gradient descent instead
         (``head_epochs`` at ``head_learning_rate``, with ``head_l2`` and
         ``dropout``), as does any head with a hidden layer.
-    augment : None, str or sequence of str, default=None
-        Random augmentation of the training images in the fine-tuning phase: any of
-        ``"flip"`` (horizontal), ``"rotation"`` and ``"zoom"``, e.g.
-        ``("flip", "rotation")`` or ``"flip"``; ``"all"`` for the three.
+    augment : None, str or sequence of str, default=("crop", "flip")
+        Random augmentation of the training images: any of ``"crop"`` (a random
+        resized crop: a random part of the image, 35% to 100% of its area, aspect ratio
+        3:4 to 4:3, resized to the input size), ``"flip"`` (horizontal), ``"rotation"``
+        and ``"zoom"`` (those two as in the Keras transfer-learning guide), e.g.
+        ``("flip", "rotation")`` or ``"flip"``; ``"all"`` for the four; ``None`` for none.
+        It applies to the fine-tuning phase and to the ``head_views``.
+    crop_fraction : float, default=0.875
+        Images are resized to ``input_size / crop_fraction`` (256 x 256 for a 224 x 224
+        input) and the central ``input_size`` pixels are what the network sees, in
+        ``predict`` as in training (where ``"crop"`` draws its random boxes from the
+        whole resized image instead). This is the framing the ImageNet weights of
+        ``keras.applications`` were evaluated with; fine-tuned on random crops, a network
+        sees objects larger than in the whole image, and the central crop at prediction
+        matches that scale. ``1.0`` resizes the whole image to ``input_size``.
+    head_views : int, default=8
+        With ``augment``, the head phase also learns from this many augmented views
+        (random crops, flips, ...) of every training image, whose frozen features are
+        computed once, so that the head starts the fine-tuning phase fitted to the
+        images the fine-tuning phase shows it, not to central crops alone. Costs
+        ``head_views`` forward passes of the frozen part over the training images.
+        ``0`` learns from the central crops only.
     train_batchnorm : bool, default=False
         By default every BatchNormalization layer stays in inference mode: it
         normalises with the statistics learned on ImageNet, never with those of the
@@ -183,7 +203,8 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     classes_ : ndarray of shape (n_classes,)
         The class labels.
     model_ : keras.Model
-        Pixels in [0, 255] -> class probabilities.
+        Pixels in [0, 255] of images resized to ``source_size_`` -> class probabilities
+        (the central crop is its first layer).
     backbone_name_ : str
         Canonical name of the backbone.
     cut_layer_ : str
@@ -193,17 +214,22 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     n_trainable_weights_ : int
         Number of trainable scalars in the fine-tuning phase (backbone part and head).
     input_size_ : tuple of int
-        ``(height, width)`` images are resized to.
+        ``(height, width)`` of the network's input.
+    source_size_ : tuple of int
+        ``(height, width)`` images are resized to before the central crop
+        (``input_size_ / crop_fraction``); ``model_`` takes images of this size.
     cached_ : bool
         Whether the fine-tuning phase ran on cached frozen activations.
     history_ : dict
         ``{"head": {...}, "finetune": {...}}``; each maps ``"loss"``,
-        ``"accuracy"``, ``"seconds"`` and, with early stopping, ``"val_loss"`` and
-        ``"val_accuracy"`` to one value per epoch run, ``"initial_val_loss"`` to the
+        ``"accuracy"``, ``"seconds"``, ``"learning_rate"`` (at the epoch's start)
+        and, with early stopping, ``"val_loss"`` and ``"val_accuracy"`` to one value
+        per epoch run, ``"initial_val_loss"`` to the
         validation loss before the phase's first epoch, and ``"best_epoch"`` to the
         index of the epoch whose weights were kept (-1: no epoch improved on the
         starting weights, which were kept). With ``head_init="logistic"``, the head
-        entry has no epochs: its ``"seconds"`` holds the time of the fit, ``"C"`` the
+        entry has no epochs: its ``"seconds"`` holds the time of the fit, ``"views"`` the
+        number of rows per training image it learned from (1 + ``head_views``), ``"C"`` the
         inverse penalty chosen by cross-validation, and ``"initial_val_loss"`` the
         validation loss of the fitted head.
 
@@ -238,7 +264,9 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         hidden_units: int | None = None,
         head_l2: float = 1e-3,
         head_init: str = "logistic",
-        augment: str | tuple[str, ...] | None = None,
+        augment: str | tuple[str, ...] | None = ("crop", "flip"),
+        crop_fraction: float = 0.875,
+        head_views: int = 8,
         train_batchnorm: bool = False,
         cache: str | bool = "auto",
         early_stopping: bool = True,
@@ -265,6 +293,8 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         self.head_l2 = head_l2
         self.head_init = head_init
         self.augment = augment
+        self.crop_fraction = crop_fraction
+        self.head_views = head_views
         self.train_batchnorm = train_batchnorm
         self.cache = cache
         self.early_stopping = early_stopping
@@ -325,6 +355,7 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         positive_int("batch_size")
         positive_int("epochs", 0)
         positive_int("head_epochs", 0)
+        positive_int("head_views", 0)
         positive_int("n_iter_no_change")
         positive_float("learning_rate")
         positive_float("head_learning_rate")
@@ -332,6 +363,12 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         if self.pooling not in _POOLINGS:
             raise ValueError(
                 f"pooling={self.pooling!r} is not supported; use 'avg', 'max' or None (flatten)."
+            )
+        crop = self.crop_fraction
+        if not isinstance(crop, numbers.Real) or isinstance(crop, bool) or not 0 < crop <= 1:
+            raise ValueError(
+                f"crop_fraction={self.crop_fraction!r} must be a number in (0, 1]; 1 keeps the "
+                "whole image."
             )
         if not isinstance(self.dropout, numbers.Real) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout!r} must be a number in [0, 1).")
@@ -390,6 +427,7 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         """Build every network of the estimator; deterministic given ``seeds``."""
         import keras
 
+        from .augmentation import RandomResizedCrop, source_size
         from .backbones import build_backbone, get_backbone_spec, resolve_input_size
         from .cut_points import resolve_cut
 
@@ -457,35 +495,49 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             head = keras.Model(features, logits, name="head")
 
         trainable_net = keras.Model(activations, head(pooled_net(activations)), name="tuned")
-        pixel_logits = trainable_net(prefix(pixels, training=False))
+        # Every network below takes images loaded at the source size: the central
+        # input-size crop of them is what the backbone sees, unless training crops at random.
+        source = source_size(size, self.crop_fraction)
+        loaded = keras.Input((source[0], source[1], 3), dtype="float32", name="loaded_pixels")
+        central = layers.CenterCrop(size[0], size[1], name="central_crop")(loaded)
+        pixel_logits = trainable_net(prefix(central, training=False))
         self.model_ = keras.Model(
-            pixels, layers.Softmax(name="probabilities")(pixel_logits),
+            loaded, layers.Softmax(name="probabilities")(pixel_logits),
             name=f"{spec.name}_finetuned",
         )
+        x = loaded
         augmentations = self._augmentations()
-        x = pixels
-        if augmentations:
-            for k, name in enumerate(augmentations):
-                seed = seeds["augment"] + k
-                if name == "flip":
-                    x = layers.RandomFlip("horizontal", seed=seed, name="augment_flip")(x)
-                elif name == "rotation":
-                    x = layers.RandomRotation(_ROTATION_FACTOR, seed=seed,
-                                              name="augment_rotation")(x)
-                else:
-                    x = layers.RandomZoom(_ZOOM_FACTOR, seed=seed, name="augment_zoom")(x)
+        if "crop" in augmentations:
+            # Inference mode keeps the central crop, so validation sees what predict sees.
+            x = RandomResizedCrop(size[0], size[1], seed=seeds["augment"], name="augment_crop")(x)
+        else:
+            x = central
+        for k, name in enumerate(augmentations):
+            seed = seeds["augment"] + 1 + k
+            if name == "flip":
+                x = layers.RandomFlip("horizontal", seed=seed, name="augment_flip")(x)
+            elif name == "rotation":
+                x = layers.RandomRotation(_ROTATION_FACTOR, seed=seed, name="augment_rotation")(x)
+            elif name == "zoom":
+                x = layers.RandomZoom(_ZOOM_FACTOR, seed=seed, name="augment_zoom")(x)
+        # Loaded pixels -> augmented pixels at the input size (identity but for the crop
+        # when there is no augmentation): also makes the augmented views of the head phase.
+        self._augment_net = keras.Model(loaded, x, name="augment")
         self._train_net = keras.Model(
-            pixels, trainable_net(prefix(x, training=False)) if augmentations else pixel_logits,
+            loaded, trainable_net(prefix(x, training=False)) if augmentations else pixel_logits,
             name="pixels_to_logits",
         )
+        self._frozen_net = keras.Model(loaded, prefix(central, training=False),
+                                       name="frozen_central")
         self._prefix, self._pooled_net, self._head, self._trainable_net = (
             prefix, pooled_net, head, trainable_net
         )
-        self._forward = _make_forward(self.model_, size)
+        self._forward = _make_forward(self.model_, source)
         self.backbone_name_ = spec.name
         self.cut_layer_ = cut_layer.name
         self.freeze_layer_ = None if freeze_layer is None else freeze_layer.name
         self.input_size_ = size
+        self.source_size_ = source
 
     # ------------------------------------------------------------------ training
     def _log(self, message: str) -> None:
@@ -496,7 +548,7 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     def _run(self, fn: Any, inputs: Any) -> np.ndarray:
         """Apply ``fn`` (batch -> ndarray) to cached arrays or streamed images, in batches."""
         if isinstance(inputs, ImageCollection):
-            parts = [fn(batch) for _, batch in inputs.batches(self.input_size_, self.batch_size)]
+            parts = [fn(batch) for _, batch in inputs.batches(self.source_size_, self.batch_size)]
         else:
             parts = [fn(inputs[i:i + self.batch_size])
                      for i in range(0, len(inputs), self.batch_size)]
@@ -514,11 +566,21 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         epochs: int,
         learning_rate: float,
         rng: np.random.RandomState,
+        cosine_decay: bool = False,
     ) -> dict[str, list]:
-        """Adam on ``model`` with early stopping on ``val``; the best weights are kept."""
+        """Adam on ``model`` with early stopping on ``val``; the best weights are kept.
+
+        With ``cosine_decay`` the learning rate falls from ``learning_rate`` to zero over
+        the ``epochs`` along half a cosine: late epochs make small steps, so the weights
+        settle instead of jumping between minibatch noises.
+        """
         import keras
         import tensorflow as tf
 
+        if cosine_decay and epochs:
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                learning_rate, epochs * int(math.ceil(len(y) / self.batch_size))
+            )
         optimizer = keras.optimizers.Adam(learning_rate)
         variables = model.trainable_variables
         streamed = isinstance(train, ImageCollection)
@@ -537,7 +599,8 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             return loss, tf.reduce_sum(correct)
 
         inference = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        history: dict[str, list] = {"loss": [], "accuracy": [], "seconds": []}
+        history: dict[str, list] = {"loss": [], "accuracy": [], "seconds": [],
+                                    "learning_rate": []}
         if val is not None:
             history.update(val_loss=[], val_accuracy=[])
         def validate() -> tuple[float, float]:
@@ -558,11 +621,12 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         n = len(y)
         for epoch in range(epochs):
             started = time.perf_counter()
+            history["learning_rate"].append(float(optimizer.learning_rate.numpy()))
             order = rng.permutation(n)
             total_loss, total_correct = 0.0, 0.0
             if streamed:
                 batches = ((start, batch) for start, batch in train.take(order).batches(
-                    self.input_size_, self.batch_size))
+                    self.source_size_, self.batch_size))
             else:
                 batches = ((start, train[order[start:start + self.batch_size]])
                            for start in range(0, n, self.batch_size))
@@ -657,7 +721,7 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             self.cache is True or (self.cache == "auto" and not self._augmentations())
         )
 
-        prefix_forward = _make_forward(self._prefix, self.input_size_)
+        prefix_forward = _make_forward(self._frozen_net, self.source_size_)
         train_images = images.take(train_idx)
         val_images = None if val_idx is None else images.take(val_idx)
         y_train = y_code[train_idx]
@@ -669,15 +733,27 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         pooled_forward = self._tensor_forward(self._pooled_net)
         train_feat = self._run(pooled_forward, train_act)
         val_feat = None if val_act is None else self._run(pooled_forward, val_act)
+        groups = np.arange(len(y_train))
+        if self._augmentations() and self.head_views:
+            # The head learns from augmented views too, so that it does not start the
+            # fine-tuning phase fitted to the central crops alone.
+            views = [train_feat]
+            view_forward = self._view_forward()
+            for _ in range(self.head_views):
+                views.append(self._run(view_forward, train_images))
+            train_feat = np.concatenate(views)
+            groups = np.tile(groups, len(views))
+        n_views = len(train_feat) // len(y_train)
+        y_head, w_head = np.tile(y_train, n_views), np.tile(w_train, n_views)
 
         shuffle_rng = np.random.RandomState(seeds["shuffle"])
         if self.head_init == "logistic" and self.hidden_units is None:
             head_history = self._fit_logistic_head(
-                train_feat, y_train, w_train, val_feat, y_val, len(classes), seeds["split"]
+                train_feat, y_head, w_head, groups, val_feat, y_val, len(classes), seeds["split"]
             )
         else:
             head_history = self._train_phase(
-                "head", self._head, train_feat, y_train, w_train, val_feat, y_val,
+                "head", self._head, train_feat, y_head, w_head, val_feat, y_val,
                 self.head_epochs, self.head_learning_rate, shuffle_rng,
             )
         self.history_ = {"head": head_history}
@@ -691,7 +767,7 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             tune_model, tune_train, tune_val = self._train_net, train_images, val_images
         self.history_["finetune"] = self._train_phase(
             "finetune", tune_model, tune_train, y_train, w_train, tune_val, y_val,
-            self.epochs, self.learning_rate, shuffle_rng,
+            self.epochs, self.learning_rate, shuffle_rng, cosine_decay=True,
         )
         return self
 
@@ -700,6 +776,7 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         features: np.ndarray,
         y: np.ndarray,
         w: np.ndarray,
+        groups: np.ndarray,
         val_features: np.ndarray | None,
         y_val: np.ndarray | None,
         n_classes: int,
@@ -707,14 +784,18 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     ) -> dict[str, Any]:
         """Set the linear head to a cross-validated L2 logistic regression on ``features``."""
         from sklearn.linear_model import LogisticRegressionCV
-        from sklearn.model_selection import StratifiedKFold
+        from sklearn.model_selection import StratifiedGroupKFold
 
         started = time.perf_counter()
-        n_splits = int(min(3, np.bincount(y, minlength=n_classes).min()))
+        # Views of one image share a group: they must not be split between the folds, or
+        # the cross-validation would score images the head has already seen.
+        per_image = y[: len(np.unique(groups))]  # views repeat the images in order
+        n_splits = int(min(3, np.bincount(per_image, minlength=n_classes).min()))
         if n_splits >= 2:
-            cv = StratifiedKFold(n_splits, shuffle=True, random_state=seed)
+            cv = list(StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
+                      .split(features, y, groups))
             model = LogisticRegressionCV(Cs=_HEAD_CS, l1_ratios=(0.0,), cv=cv,
-                                         scoring="accuracy", max_iter=2000,
+                                         scoring="neg_log_loss", max_iter=2000,
                                          use_legacy_attributes=False)
             model.fit(features, y, sample_weight=w)
             C = float(np.ravel(model.C_)[0])
@@ -732,7 +813,7 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         )
         history: dict[str, Any] = {
             "loss": [], "accuracy": [], "seconds": [time.perf_counter() - started],
-            "C": C, "best_epoch": -1,
+            "learning_rate": [], "C": C, "best_epoch": -1, "views": int(len(y) // len(per_image)),
         }
         if val_features is not None:
             log_probs = model.predict_log_proba(val_features)
@@ -740,6 +821,17 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             history.update(val_loss=[], val_accuracy=[])
         self._log(f"head: logistic regression, C={C:g} (3-fold CV)")
         return history
+
+    def _view_forward(self):
+        """Loaded images -> pooled frozen features of one random augmented view of each."""
+        import tensorflow as tf
+
+        augment, prefix, pooled = self._augment_net, self._prefix, self._pooled_net
+        compiled = tf.function(
+            lambda x: pooled(prefix(augment(x, training=True), training=False), training=False),
+            reduce_retracing=True,
+        )
+        return lambda batch: compiled(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
     @staticmethod
     def _tensor_forward(model: Any):
@@ -793,6 +885,7 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ pickling
     _KERAS_ATTRIBUTES = (
         "model_", "_train_net", "_prefix", "_pooled_net", "_head", "_trainable_net", "_forward",
+        "_augment_net", "_frozen_net",
     )
 
     def __getstate__(self) -> dict:

@@ -376,7 +376,8 @@ def grad_cam(classifier: Any, image: Any, *, target: Any = None) -> np.ndarray:
     heatmap : ndarray of shape (height, width), dtype float32
         Values in [0, 1] at the image's own resolution (before resizing to the network's
         input size); 1 marks the strongest evidence. All zeros when nothing in the
-        image speaks for ``target``.
+        image speaks for ``target``, and outside the central crop the classifier looks at
+        (its ``crop_fraction``).
 
     Examples
     --------
@@ -397,7 +398,9 @@ def grad_cam(classifier: Any, image: Any, *, target: Any = None) -> np.ndarray:
             "This FineTunedClassifier is not fitted yet; call fit(X, y) before grad_cam."
         )
     classes = np.asarray(classifier.classes_).tolist()
-    pixels = _model_input(image, classifier.input_size_)
+    # The model takes the image resized to source_size_ and looks at its central crop.
+    source = getattr(classifier, "source_size_", classifier.input_size_)
+    pixels = _model_input(image, source)
     display = _display_pixels(image)
 
     model = classifier.model_
@@ -443,7 +446,13 @@ def grad_cam(classifier: Any, image: Any, *, target: Any = None) -> np.ndarray:
     cam = np.maximum((feature_map * channel_weights).sum(axis=-1), 0.0)
     peak = float(cam.max())
     cam = cam / peak if peak > 0 else np.zeros_like(cam)
-    heat = _resize_map(cam, display.shape[:2])
+    # The map covers the central crop the network saw; outside it there is no evidence.
+    height, width = display.shape[:2]
+    crop_h = int(round(height * classifier.input_size_[0] / source[0]))
+    crop_w = int(round(width * classifier.input_size_[1] / source[1]))
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    heat = np.zeros((height, width), dtype=np.float32)
+    heat[top:top + crop_h, left:left + crop_w] = _resize_map(cam, (crop_h, crop_w))
     return np.clip(heat, 0.0, 1.0).astype(np.float32)
 
 
