@@ -6,7 +6,9 @@ roof = the best float32 matrix-multiply throughput measured in the same run (Ten
 NumPy, square matrices). The bfloat16 figure is reported beside it, against both the float32
 roof and a bfloat16 matmul roof.
 
-    python benchmarks/roofline.py [--quick] [--n-images 64] [--batch-size 32]
+    python benchmarks/roofline.py [--quick] [--n-images 64] [--batch-size N]
+
+The batch size is the extractor's default (8 on a CPU) unless given.
 
 Target: >= 0.9 of the roof in float32.
 """
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small run for smoke tests")
     parser.add_argument("--n-images", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     n_images, repeats, size, matrix = (
@@ -79,6 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     from transferkit import KerasFeatureExtractor
+    from transferkit.extractor import default_batch_size
+
+    batch_size = args.batch_size or default_batch_size()
 
     images = np.random.default_rng(0).integers(0, 256, (n_images, size, size, 3), np.uint8)
     roofs = {**matmul_roof("float32", matrix, repeats), **matmul_roof("bfloat16", matrix,
@@ -89,9 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     for precision in ("float32", "bfloat16"):
         extractor = KerasFeatureExtractor("ResNet50", weights=None, random_state=0,
                                           input_size=size, cache=None,
-                                          batch_size=args.batch_size, precision=precision).fit()
+                                          batch_size=batch_size, precision=precision).fit()
         flops = layer_flops(extractor.model_)
-        extractor.transform(images[: args.batch_size])
+        extractor.transform(images[:batch_size])
         seconds = best_time(lambda e=extractor: e.transform(images), repeats)
         achieved[precision] = {"images_per_s": n_images / seconds,
                                "gflops": flops * n_images / seconds / 1e9,
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         "backbone": "ResNet50",
         "input_size": size,
         "images": n_images,
-        "batch_size": args.batch_size,
+        "batch_size": batch_size,
         "gflops_per_image": round(achieved["float32"]["gflops_per_image"], 3),
         "roof_float32_gflops": round(roof32, 1),
         **{k: round(v, 1) for k, v in roofs.items()},

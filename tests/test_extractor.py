@@ -99,6 +99,30 @@ def test_batch_size_does_not_change_features(rng_images):
     assert_same_features(one, many)
 
 
+def test_batch_size_none_runs_small_batches_on_a_cpu(rng_images, monkeypatch):
+    from transferkit import extractor as extractor_module
+
+    assert extractor_module.default_batch_size() == 8  # no GPU on the test machines
+    seen = []
+    auto = small_extractor().fit()
+    assert auto.batch_size is None
+    forward = auto._forward
+    monkeypatch.setattr(auto, "_forward", lambda batch: seen.append(len(batch)) or forward(batch))
+    features = auto.transform(np.concatenate([rng_images] * 2))
+    assert max(seen) == 8 and sum(seen) == 2 * len(rng_images)
+    assert_same_features(features[: len(rng_images)],
+                         small_extractor(batch_size=32).fit_transform(rng_images))
+
+
+def test_features_come_from_a_batchnorm_folded_copy_equal_to_the_model(rng_images):
+    # Real ImageNet statistics are checked against hand-written Keras in test_pretrained.py.
+    extractor = KerasFeatureExtractor("ResNet50", weights=None, random_state=0,
+                                      input_size=rng_images.shape[1:3], cache=None).fit()
+    pixels = rng_images.astype(np.float32)
+    assert_same_features(extractor.transform(pixels),
+                         extractor.model_.predict(pixels, verbose=0))
+
+
 def test_input_array_is_not_modified(rng_images):
     floats = rng_images.astype(np.float32)
     before = floats.copy()

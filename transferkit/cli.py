@@ -90,8 +90,9 @@ def _add_backbone_options(parser: argparse.ArgumentParser, default: str) -> None
                              "name or an index; default: the last convolutional output")
     parser.add_argument("--input-size", type=_positive_int, default=None, metavar="PIXELS",
                         help="side images are resized to (default: the backbone's own)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32,
-                        help="images per forward pass (default 32)")
+    parser.add_argument("--batch-size", type=_positive_int, default=None,
+                        help="images per forward pass (default: 8 on a CPU and 32 on a GPU "
+                             "for features, 32 for fine-tuning)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -334,7 +335,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.finetune:
         model: Any = FineTunedClassifier(
             args.backbone, weights=args.weights, backbone_kwargs=args.backbone_kwargs,
-            cut=args.cut, input_size=args.input_size, batch_size=args.batch_size,
+            cut=args.cut, input_size=args.input_size, batch_size=args.batch_size or 32,
             epochs=args.epochs, verbose=0 if args.quiet else 1, random_state=args.random_state,
         )
     else:

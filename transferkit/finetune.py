@@ -792,8 +792,13 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         per_image = y[: len(np.unique(groups))]  # views repeat the images in order
         n_splits = int(min(3, np.bincount(per_image, minlength=n_classes).min()))
         if n_splits >= 2:
-            cv = list(StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
-                      .split(features, y, groups))
+            # Scored on the central crops of the held-out images only: those are what
+            # predict sees, and augmented views are harder, which would favour a head
+            # regularised for images it is never asked about.
+            n_images = len(per_image)
+            cv = [(train, test[test < n_images]) for train, test in
+                  StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
+                  .split(features, y, groups)]
             model = LogisticRegressionCV(Cs=_HEAD_CS, l1_ratios=(0.0,), cv=cv,
                                          scoring="neg_log_loss", max_iter=2000,
                                          use_legacy_attributes=False)

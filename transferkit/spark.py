@@ -71,7 +71,9 @@ def _as_images(values: np.ndarray) -> list[Any]:
 def _batch_size(batch_size: Any, estimator: Any) -> int:
     if batch_size is None:
         # The estimator's own forward-pass batch, so Spark's batches map onto whole passes.
-        batch_size = estimator.get_params().get("batch_size", 32)
+        from .extractor import default_batch_size
+
+        batch_size = estimator.get_params().get("batch_size") or default_batch_size()
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) \
             or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer or None.")
@@ -166,8 +168,8 @@ def predict_udf(estimator: Any, *, batch_size: int | None = None) -> Callable[..
         :class:`~transferkit.KerasFeatureExtractor` and a classifier. Its extractor steps
         travel as parameters (see :func:`features_udf`); everything else travels fitted.
     batch_size : int, default=None
-        Rows per call of the model; the estimator's ``batch_size`` when None (32 for a
-        Pipeline).
+        Rows per call of the model; the estimator's ``batch_size`` when None (for a
+        Pipeline, or an extractor with ``batch_size=None``: 8 on a CPU, 32 on a GPU).
 
     Returns
     -------
