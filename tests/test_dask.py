@@ -104,7 +104,7 @@ def test_grid_search_of_fine_tuned_classifier_on_dask_matches_the_serial_search(
 
     X, y = _two_class_images(8)
     clf = FineTunedClassifier(**SMALL, cut="block3", epochs=0, head_epochs=0,
-                              early_stopping=False)
+                              early_stopping=False, augment=None)
     # No head epochs: "adam" leaves the head at its random start, "logistic" fits it.
     grid = {"head_init": ["adam", "logistic"]}
     serial = GridSearchCV(clf, grid, cv=2).fit(X, y)

@@ -52,7 +52,10 @@ def test_weights_file_saved_with_the_top_loads_without_it():
     images = np.random.default_rng(0).integers(0, 256, (3, 128, 128, 3)).astype(np.float32)
     expected = trunk.predict(keras.applications.mobilenet.preprocess_input(images.copy()),
                              verbose=0).mean(axis=(1, 2))
-    np.testing.assert_allclose(extractor.transform(images), expected, rtol=1e-4, atol=1e-5)
+    # Tolerance relative to the features' scale: the extractor runs a BatchNormalization-
+    # folded copy, whose float32 sums round differently.
+    np.testing.assert_allclose(extractor.transform(images), expected, rtol=1e-4,
+                               atol=1e-5 * float(np.abs(expected).max()))
 
 
 @needs_shared_weights

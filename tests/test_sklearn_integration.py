@@ -103,8 +103,10 @@ def test_grid_search_with_two_processes_over_a_fine_tuned_classifier():
     from transferkit import FineTunedClassifier
 
     X, y = _two_class_images(8)
+    # Default augmentation (random crops and flips) with one head view: the two processes
+    # must draw the same random boxes as the serial search.
     base = FineTunedClassifier("VGG16", weights=None, cut="block3", input_size=32, epochs=1,
-                               head_epochs=3, batch_size=8, random_state=0)
+                               head_epochs=3, batch_size=8, head_views=1, random_state=0)
     grid = {"learning_rate": [1e-4, 1e-3], "freeze_until": ["block2", "block3"]}
     parallel = GridSearchCV(base, grid, cv=2, n_jobs=2).fit(X, y)
     serial = GridSearchCV(base, grid, cv=2, n_jobs=1).fit(X, y)
