@@ -48,8 +48,8 @@ DEFAULT_MEMORY_BYTES = 1 << 30  # 1 GiB: ~130,000 ResNet50 feature vectors.
 
 
 def _digest(*parts: Any) -> bytes:
-    # SHA-256 runs on the SHA extensions of current CPUs (~3x faster than BLAKE2 here): a
-    # grid search hashes every image once per fold, so key cost matters.
+    # Combines fingerprints and per-image keys (small inputs; pixels are hashed by
+    # _content_hash first). SHA-256 runs on the SHA extensions of current CPUs.
     hasher = hashlib.sha256()
     for part in parts:
         hasher.update(part)
@@ -319,10 +319,25 @@ def weights_identity(weights: Any, random_state: Any, model: Any = None) -> str 
     return f"file:{path}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def _content_hash(header: bytes, pixels: Any) -> bytes:
+    """Digest of an image's pixel buffer, prefixed by what describes its layout.
+
+    XXH3-128 reads pixels about 8x faster than SHA-256 (4 ms against 30 ms for 300 images
+    of 224 x 224 here): a grid search keys every image once per fold and candidate. It is
+    not cryptographic: it tells apart the images a user feeds, it is no defence against
+    images crafted to collide. The key then goes through :func:`_digest` with the rest.
+    """
+    import xxhash
+
+    hasher = xxhash.xxh3_128(header)
+    hasher.update(pixels)
+    return hasher.digest()
+
+
 def _array_key(pixels: np.ndarray) -> bytes:
     pixels = np.ascontiguousarray(pixels)
     header = f"array:{pixels.dtype.str}:{pixels.shape}".encode()
-    return _digest(header, memoryview(pixels).cast("B"))
+    return _content_hash(header, memoryview(pixels).cast("B"))
 
 
 def _item_key(item: Any) -> bytes:
@@ -337,7 +352,7 @@ def _item_key(item: Any) -> bytes:
         return _digest(f"file:{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     if isinstance(item, Image.Image):
         header = f"pil:{item.mode}:{item.size}:{item.getexif().get(0x0112)}".encode()
-        return _digest(header, item.tobytes())
+        return _content_hash(header, item.tobytes())
     return _array_key(np.asarray(item))
 
 
