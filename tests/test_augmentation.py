@@ -1,11 +1,12 @@
-"""RandomResizedCrop: random boxes while training, the exact central crop otherwise."""
+"""Framing layers: RandomResizedCrop (random boxes while training, the exact central crop
+otherwise) and CentralCrop."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from transferkit.augmentation import RandomResizedCrop, source_size
+from transferkit.augmentation import CentralCrop, RandomResizedCrop, source_size
 
 
 def _ramp(n: int = 6, size: int = 40) -> np.ndarray:
@@ -56,3 +57,29 @@ def test_output_shape_is_declared_for_functional_models():
 
     inputs = keras.Input((40, 40, 3))
     assert RandomResizedCrop(24, 32)(inputs).shape == (None, 24, 32, 3)
+
+
+@pytest.mark.parametrize(("source", "size"), [((40, 40), (32, 32)), ((37, 41), (32, 32)),
+                                              ((33, 32), (32, 32))])
+def test_central_crop_takes_the_pixels_keras_center_crop_takes(source, size):
+    import keras
+
+    images = _ramp(2, max(source))[:, : source[0], : source[1]]
+    expected = np.asarray(keras.layers.CenterCrop(*size)(images))
+    np.testing.assert_array_equal(np.asarray(CentralCrop(*size)(images)), expected)
+
+
+def test_central_crop_leaves_the_layers_after_it_in_inference_mode():
+    import keras
+
+    # keras.layers.CenterCrop declares training=True, which Keras hands on to the layers
+    # after it when a model is called without training=: BatchNormalization would then use
+    # batch statistics and overwrite its moving averages.
+    inputs = keras.Input((40, 40, 3))
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(CentralCrop(32, 32)(inputs)))
+    images = _ramp(4)
+    expected = np.asarray(model(images, training=False))
+    before = [w.copy() for w in model.get_weights()]
+    np.testing.assert_array_equal(np.asarray(model(images)), expected)
+    for old, new in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)

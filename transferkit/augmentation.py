@@ -13,7 +13,7 @@ from typing import Any
 
 import keras
 
-__all__ = ["RandomResizedCrop", "source_size"]
+__all__ = ["CentralCrop", "RandomResizedCrop", "source_size"]
 
 #: Area of a random crop as a fraction of the image: the lower bound is milder than
 #: ImageNet training's 0.08, because a small data set cannot afford crops that miss the object.
@@ -29,6 +29,41 @@ def source_size(input_size: tuple[int, int], crop_fraction: float) -> tuple[int,
     (256, 256)
     """
     return tuple(int(round(side / crop_fraction)) for side in input_size)
+
+
+class CentralCrop(keras.layers.Layer):
+    """The central ``(height, width)`` pixels of each image, without resampling.
+
+    The offset is ``(input - output) // 2`` on each axis, as ``keras.layers.CenterCrop``
+    does. Unlike that layer, this one has no ``training`` argument: Keras resolves a
+    model's training mode from the first layer that declares a default, and
+    ``CenterCrop``'s ``training=True`` would put every BatchNormalization after it in
+    training mode (batch statistics, moving averages overwritten) when the model is
+    called without ``training=False``.
+
+    Parameters
+    ----------
+    height, width : int
+        Output size; the input must be at least this large.
+    """
+
+    def __init__(self, height: int, width: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.height, self.width = int(height), int(width)
+
+    def call(self, images: Any) -> Any:
+        shape = keras.ops.shape(images)
+        top = (shape[1] - self.height) // 2
+        left = (shape[2] - self.width) // 2
+        return images[:, top:top + self.height, left:left + self.width, :]
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0], self.height, self.width, input_shape[-1])
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(height=self.height, width=self.width)
+        return config
 
 
 class RandomResizedCrop(keras.layers.Layer):

@@ -427,7 +427,7 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         """Build every network of the estimator; deterministic given ``seeds``."""
         import keras
 
-        from .augmentation import RandomResizedCrop, source_size
+        from .augmentation import CentralCrop, RandomResizedCrop, source_size
         from .backbones import build_backbone, get_backbone_spec, resolve_input_size
         from .cut_points import resolve_cut
 
@@ -499,7 +499,7 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         # input-size crop of them is what the backbone sees, unless training crops at random.
         source = source_size(size, self.crop_fraction)
         loaded = keras.Input((source[0], source[1], 3), dtype="float32", name="loaded_pixels")
-        central = layers.CenterCrop(size[0], size[1], name="central_crop")(loaded)
+        central = CentralCrop(size[0], size[1], name="central_crop")(loaded)
         pixel_logits = trainable_net(prefix(central, training=False))
         self.model_ = keras.Model(
             loaded, layers.Softmax(name="probabilities")(pixel_logits),
