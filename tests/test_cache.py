@@ -85,6 +85,7 @@ def test_clones_reuse_the_built_model():
         {"input_size": 48},
         {"random_state": 1},
         {"precision": "bfloat16"},
+        {"crop_fraction": 0.875},
     ],
     ids=lambda change: next(iter(change)),
 )

