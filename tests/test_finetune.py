@@ -209,6 +209,27 @@ def test_default_training_crops_flips_and_gives_the_head_augmented_views(data):
     assert without_views.history_["head"]["views"] == 1
 
 
+def test_head_phase_loads_each_training_image_once_for_all_its_views(tmp_path, data,
+                                                                     monkeypatch):
+    from collections import Counter
+
+    from transferkit import image_input
+
+    X, y = data
+    paths = []
+    for i, image in enumerate(X):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    loads = Counter()
+    load_image = image_input.load_image
+    monkeypatch.setattr(image_input, "load_image",
+                        lambda path, size=None: loads.update([path]) or load_image(path, size))
+    clf = tiny(augment=("crop", "flip"), head_init="logistic", head_views=3, epochs=0,
+               early_stopping=False).fit(paths, y)
+    assert clf.history_["head"]["views"] == 4
+    assert sorted(loads) == sorted(paths) and set(loads.values()) == {1}
+
+
 def test_pixels_outside_the_central_crop_do_not_change_predictions(data):
     X, y = data
     clf = tiny(crop_fraction=0.5, epochs=1).fit(X, y)

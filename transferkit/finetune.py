@@ -547,12 +547,24 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
 
     def _run(self, fn: Any, inputs: Any) -> np.ndarray:
         """Apply ``fn`` (batch -> ndarray) to cached arrays or streamed images, in batches."""
+        return self._run_many([fn], inputs)[0]
+
+    def _run_many(self, fns: list, inputs: Any) -> list[np.ndarray]:
+        """Apply every one of ``fns`` to each batch of ``inputs``, loading each batch once.
+
+        Decoding a large photograph can cost more than a small network's forward pass, so
+        passes over the same images share one decoding.
+        """
         if isinstance(inputs, ImageCollection):
-            parts = [fn(batch) for _, batch in inputs.batches(self.source_size_, self.batch_size)]
+            batches = (batch for _, batch in inputs.batches(self.source_size_, self.batch_size))
         else:
-            parts = [fn(inputs[i:i + self.batch_size])
-                     for i in range(0, len(inputs), self.batch_size)]
-        return np.concatenate(parts)
+            batches = (inputs[i:i + self.batch_size]
+                       for i in range(0, len(inputs), self.batch_size))
+        parts: list[list[np.ndarray]] = [[] for _ in fns]
+        for batch in batches:
+            for fn, outputs in zip(fns, parts, strict=True):
+                outputs.append(fn(batch))
+        return [np.concatenate(outputs) for outputs in parts]
 
     def _train_phase(
         self,
@@ -728,21 +740,20 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         y_val = None if val_idx is None else y_code[val_idx]
         # Frozen activations, computed once: the head phase needs them whether or not the
         # fine-tuning phase is cached, because in the head phase the whole backbone is frozen.
-        train_act = self._run(prefix_forward, train_images)
+        # The head also learns from augmented views, so that it does not start the
+        # fine-tuning phase fitted to the central crops alone; they come from the same
+        # loading of the training images as the frozen activations.
+        n_augmented = self.head_views if self._augmentations() else 0
+        view_fns = [self._view_forward()] * n_augmented if n_augmented else []
+        train_act, *views = self._run_many([prefix_forward, *view_fns], train_images)
         val_act = None if val_images is None else self._run(prefix_forward, val_images)
         pooled_forward = self._tensor_forward(self._pooled_net)
         train_feat = self._run(pooled_forward, train_act)
         val_feat = None if val_act is None else self._run(pooled_forward, val_act)
         groups = np.arange(len(y_train))
-        if self._augmentations() and self.head_views:
-            # The head learns from augmented views too, so that it does not start the
-            # fine-tuning phase fitted to the central crops alone.
-            views = [train_feat]
-            view_forward = self._view_forward()
-            for _ in range(self.head_views):
-                views.append(self._run(view_forward, train_images))
-            train_feat = np.concatenate(views)
-            groups = np.tile(groups, len(views))
+        if views:
+            train_feat = np.concatenate([train_feat, *views])
+            groups = np.tile(groups, 1 + len(views))
         n_views = len(train_feat) // len(y_train)
         y_head, w_head = np.tile(y_train, n_views), np.tile(w_train, n_views)
 
