@@ -198,7 +198,10 @@ def test_train_finetune_saves_a_fine_tuned_classifier(image_folder, tmp_path, ca
 
     output = tmp_path / "tuned.joblib"
     assert main(["train", str(image_folder), "-o", str(output), "--finetune", "--epochs", "1",
-                 "--validation-fraction", "0.25", "--quiet", *SMALL]) == 0
+                 "--validation-fraction", "0.25", "--quiet", "--crop-fraction", "0.9",
+                 *SMALL]) == 0
     assert "(12 training images, fine-tuned)" in capsys.readouterr().out
 
-    assert isinstance(joblib.load(output), FineTunedClassifier)
+    model = joblib.load(output)
+    assert isinstance(model, FineTunedClassifier)
+    assert model.crop_fraction == 0.9 and model.source_size_ == (36, 36)
