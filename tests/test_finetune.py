@@ -106,6 +106,20 @@ def test_paths_and_pil_images_give_the_same_predictions(tmp_path, data):
     np.testing.assert_allclose(clf.predict_proba(X), from_paths, rtol=1e-5, atol=1e-6)
 
 
+def test_repeated_fits_leave_tensorflows_function_library_as_it_was(data):
+    # A grid search fits hundreds of times in one process: nothing a fit traces may stay
+    # registered in TensorFlow's process-wide function library (Adam's moments created
+    # inside the traced step left 32 functions, with their zero tensors, per fit).
+    from tensorflow.python.eager import context
+
+    X, y = data
+    tiny().fit(X, y)
+    registered = len(context.context().list_function_names())
+    for _ in range(2):
+        tiny().fit(X, y)
+    assert len(context.context().list_function_names()) == registered
+
+
 def test_unfitted_use_raises_not_fitted(data):
     with pytest.raises(NotFittedError):
         tiny().predict(data[0])
