@@ -110,14 +110,18 @@ def test_repeated_fits_leave_tensorflows_function_library_as_it_was(data):
     # A grid search fits hundreds of times in one process: nothing a fit traces may stay
     # registered in TensorFlow's process-wide function library (Adam's moments created
     # inside the traced step left 32 functions, with their zero tensors, per fit).
+    import gc
+
     from tensorflow.python.eager import context
 
     X, y = data
     tiny().fit(X, y)
+    gc.collect()  # functions of earlier tests, freed now rather than during the fits below
     registered = len(context.context().list_function_names())
     for _ in range(2):
         tiny().fit(X, y)
-    assert len(context.context().list_function_names()) == registered
+    gc.collect()
+    assert len(context.context().list_function_names()) <= registered
 
 
 def test_unfitted_use_raises_not_fitted(data):
