@@ -63,3 +63,21 @@ def rng_images():
     import numpy as np
 
     return np.random.default_rng(0).integers(0, 256, size=(8, 40, 48, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def tensorflow_log():
+    """Messages TensorFlow's Python logger emits during the test."""
+    import logging
+
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)

@@ -72,6 +72,15 @@ def test_same_random_state_gives_identical_features(rng_images):
     assert not np.allclose(first, other, rtol=1e-3, atol=0)
 
 
+def test_many_extractors_in_one_process_do_not_log_retracing_warnings(rng_images,
+                                                                       tensorflow_log):
+    # A grid search builds an extractor per candidate: each traces its own forward pass,
+    # which TensorFlow must not count as one function retracing again and again.
+    for cut in ("block1_pool", "block2_pool", "block3_pool") * 3:
+        small_extractor(cut=cut).fit_transform(rng_images)
+    assert not [m for m in tensorflow_log if "retracing" in m]
+
+
 def test_fit_transform_equals_fit_then_transform(rng_images):
     extractor = small_extractor()
     np.testing.assert_array_equal(

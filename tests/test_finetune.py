@@ -124,6 +124,15 @@ def test_repeated_fits_leave_tensorflows_function_library_as_it_was(data):
     assert len(context.context().list_function_names()) <= registered
 
 
+def test_repeated_fits_do_not_log_tensorflows_retracing_warning(data, tensorflow_log):
+    # Traced closures made the third fit in a process log "triggered tf.function
+    # retracing": TensorFlow counts the traces of all fits' closures as one function's.
+    X, y = data
+    for params in ({}, {"head_init": "logistic"}, {"augment": ("crop", "flip")}, {}):
+        tiny(**params).fit(X, y).predict(X)
+    assert not [m for m in tensorflow_log if "retracing" in m]
+
+
 def test_unfitted_use_raises_not_fitted(data):
     with pytest.raises(NotFittedError):
         tiny().predict(data[0])

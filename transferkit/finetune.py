@@ -25,7 +25,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from .extractor import _is_keras_model, _make_forward, seeded_keras_init
+from .extractor import _ForwardPass, _is_keras_model, _make_forward, seeded_keras_init
 from .image_input import ImageCollection, as_image_collection
 from .persistence import SaveMixin
 
@@ -42,6 +42,42 @@ _ZOOM_FACTOR = 0.1
 _HEAD_INITS = ("logistic", "adam")
 # Inverse L2 strengths tried by the internal cross-validation of head_init="logistic".
 _HEAD_CS = np.logspace(-3, 2, 11)
+
+
+# The passes below are traced as callable objects, not closures, for the reason given on
+# extractor._ForwardPass: tf.function counts retracings per code object, so a closure
+# traced anew by every fit made the third fit of a process (any grid search) log
+# TensorFlow's "triggered tf.function retracing" warning. Each instance is its own key.
+class _GradientPass:
+    """Loss, number correct and gradients of one weighted minibatch, in training mode."""
+
+    def __init__(self, model: Any, variables: list) -> None:
+        self.model = model
+        self.variables = variables
+
+    def __call__(self, x: Any, target: Any, weight: Any) -> tuple:
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            logits = self.model(x, training=True)
+            nll = tf.nn.sparse_softmax_cross_entropy_with_logits(target, logits)
+            loss = tf.reduce_mean(weight * nll)
+            penalty = tf.add_n(self.model.losses) if self.model.losses else 0.0
+            total = loss + penalty
+        correct = tf.cast(tf.argmax(logits, axis=1, output_type=tf.int32) == target,
+                          tf.float32)
+        return loss, tf.reduce_sum(correct), tape.gradient(total, self.variables)
+
+
+class _AugmentedViewPass:
+    """Pooled frozen features of one random augmented view of each image."""
+
+    def __init__(self, augment: Any, prefix: Any, pooled: Any) -> None:
+        self.augment, self.prefix, self.pooled = augment, prefix, pooled
+
+    def __call__(self, x: Any) -> Any:
+        views = self.augment(x, training=True)
+        return self.pooled(self.prefix(views, training=False), training=False)
 
 
 def _check_labels(y: Any, n_images: int) -> np.ndarray:
@@ -601,17 +637,8 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         optimizer.build(variables)
         streamed = isinstance(train, ImageCollection)
 
-        @tf.function(reduce_retracing=True)
-        def forward_backward(x, target, weight):
-            with tf.GradientTape() as tape:
-                logits = model(x, training=True)
-                nll = tf.nn.sparse_softmax_cross_entropy_with_logits(target, logits)
-                loss = tf.reduce_mean(weight * nll)
-                penalty = tf.add_n(model.losses) if model.losses else 0.0
-                total = loss + penalty
-            correct = tf.cast(tf.argmax(logits, axis=1, output_type=tf.int32) == target,
-                              tf.float32)
-            return loss, tf.reduce_sum(correct), tape.gradient(total, variables)
+        forward_backward = tf.function(_GradientPass(model, variables),
+                                       reduce_retracing=True)
 
         def step(x, target, weight):
             loss, correct, gradients = forward_backward(x, target, weight)
@@ -622,7 +649,7 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             optimizer.apply_gradients(zip(gradients, variables, strict=True))
             return loss, correct
 
-        inference = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        inference = tf.function(_ForwardPass(model), reduce_retracing=True)
         history: dict[str, list] = {"loss": [], "accuracy": [], "seconds": [],
                                     "learning_rate": []}
         if val is not None:
@@ -854,9 +881,8 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         """Loaded images -> pooled frozen features of one random augmented view of each."""
         import tensorflow as tf
 
-        augment, prefix, pooled = self._augment_net, self._prefix, self._pooled_net
         compiled = tf.function(
-            lambda x: pooled(prefix(augment(x, training=True), training=False), training=False),
+            _AugmentedViewPass(self._augment_net, self._prefix, self._pooled_net),
             reduce_retracing=True,
         )
         return lambda batch: compiled(tf.convert_to_tensor(batch, tf.float32)).numpy()
@@ -865,7 +891,7 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     def _tensor_forward(model: Any):
         import tensorflow as tf
 
-        compiled = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        compiled = tf.function(_ForwardPass(model), reduce_retracing=True)
         return lambda batch: compiled(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
     # ------------------------------------------------------------------ prediction
