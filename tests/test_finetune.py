@@ -133,6 +133,50 @@ def test_repeated_fits_do_not_log_tensorflows_retracing_warning(data, tensorflow
     assert not [m for m in tensorflow_log if "retracing" in m]
 
 
+def test_training_step_updates_weights_as_keras_adam_apply_gradients_does():
+    # The traced step calls Adam's update_step itself (apply_gradients, traced, left the
+    # weights allocated after the fit); the arithmetic must stay Keras' own.
+    import keras
+    import tensorflow as tf
+
+    from transferkit.finetune import _TrainingStep
+
+    def model_and_adam():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((6, 6, 3))
+        # No bias before the BatchNormalization: its gradient is rounding noise, which
+        # Adam scales up to full steps in arbitrary directions.
+        max_norm = keras.constraints.MaxNorm(0.5, axis=(0, 1, 2))  # binds: norms start ~0.9
+        x = keras.layers.Conv2D(4, 3, use_bias=False, kernel_constraint=max_norm)(inputs)
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.BatchNormalization()(x))
+        model = keras.Model(inputs, keras.layers.Dense(
+            3, kernel_regularizer=keras.regularizers.L2(1e-2))(x))
+        schedule = keras.optimizers.schedules.CosineDecay(0.05, 4)
+        return model, keras.optimizers.Adam(schedule)
+
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(size=(5, 6, 6, 3)).astype("float32"), rng.integers(0, 3, 5),
+                rng.uniform(0.5, 2, 5).astype("float32")) for _ in range(3)]
+    ours, adam = model_and_adam()
+    adam.build(ours.trainable_variables)
+    step = tf.function(_TrainingStep(ours, ours.trainable_variables, adam))
+    keras_model, keras_adam = model_and_adam()
+    for x, target, weight in batches:
+        step(x, tf.constant(target, tf.int32), weight)
+        with tf.GradientTape() as tape:
+            logits = keras_model(x, training=True)
+            nll = tf.nn.sparse_softmax_cross_entropy_with_logits(target, logits)
+            total = tf.reduce_mean(weight * nll) + tf.add_n(keras_model.losses)
+        variables = keras_model.trainable_variables
+        keras_adam.apply_gradients(zip(tape.gradient(total, variables), variables,
+                                       strict=True))
+    assert int(adam.iterations) == int(keras_adam.iterations) == 3
+    for mine, theirs in zip(ours.weights, keras_model.weights, strict=True):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=mine.path)
+    assert not np.allclose(ours.weights[0].numpy(), model_and_adam()[0].weights[0].numpy())
+
+
 def test_unfitted_use_raises_not_fitted(data):
     with pytest.raises(NotFittedError):
         tiny().predict(data[0])
