@@ -13,7 +13,7 @@ from typing import Any
 
 import keras
 
-__all__ = ["CentralCrop", "RandomResizedCrop", "source_size"]
+__all__ = ["CentralCrop", "RandomResizedCrop", "central_offsets", "source_size"]
 
 #: Area of a random crop as a fraction of the image: the lower bound is milder than
 #: ImageNet training's 0.08, because a small data set cannot afford crops that miss the object.
@@ -29,6 +29,24 @@ def source_size(input_size: tuple[int, int], crop_fraction: float) -> tuple[int,
     (256, 256)
     """
     return tuple(int(round(side / crop_fraction)) for side in input_size)
+
+
+def central_offsets(source: tuple[Any, Any], size: tuple[Any, Any]) -> tuple[Any, Any]:
+    """(top, left) of the central ``size`` pixels of an image of ``source`` pixels.
+
+    ``(source - size) // 2`` on each axis, as ``keras.layers.CenterCrop`` places it: an odd
+    margin leaves the extra pixel at the bottom and right. Works on ints and on tensors.
+
+    >>> central_offsets((256, 257), (224, 224))
+    (16, 16)
+    """
+    return (source[0] - size[0]) // 2, (source[1] - size[1]) // 2
+
+
+def _central_crop(images: Any, height: int, width: int) -> Any:
+    shape = keras.ops.shape(images)
+    top, left = central_offsets((shape[1], shape[2]), (height, width))
+    return images[:, top:top + height, left:left + width, :]
 
 
 class CentralCrop(keras.layers.Layer):
@@ -52,10 +70,7 @@ class CentralCrop(keras.layers.Layer):
         self.height, self.width = int(height), int(width)
 
     def call(self, images: Any) -> Any:
-        shape = keras.ops.shape(images)
-        top = (shape[1] - self.height) // 2
-        left = (shape[2] - self.width) // 2
-        return images[:, top:top + self.height, left:left + self.width, :]
+        return _central_crop(images, self.height, self.width)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (input_shape[0], self.height, self.width, input_shape[-1])
@@ -105,13 +120,7 @@ class RandomResizedCrop(keras.layers.Layer):
     def call(self, images: Any, training: bool | None = None) -> Any:
         if training:
             return self._random_crops(images)
-        return self._central_crop(images)
-
-    def _central_crop(self, images: Any) -> Any:
-        shape = keras.ops.shape(images)
-        top = (shape[1] - self.height) // 2
-        left = (shape[2] - self.width) // 2
-        return images[:, top:top + self.height, left:left + self.width, :]
+        return _central_crop(images, self.height, self.width)
 
     def _random_crops(self, images: Any) -> Any:
         import tensorflow as tf

@@ -231,6 +231,12 @@ def _labelled_folder(folder: str) -> tuple[list[str], list[str]]:
     return paths, labels
 
 
+def _crop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    # Absent unless given, so each estimator keeps its own default (1.0 for the extractor,
+    # 0.875 for FineTunedClassifier).
+    return {} if args.crop_fraction is None else {"crop_fraction": args.crop_fraction}
+
+
 def _extractor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "weights": args.weights,
@@ -239,7 +245,7 @@ def _extractor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "input_size": args.input_size,
         "batch_size": args.batch_size,
         "random_state": 0,
-        **({} if args.crop_fraction is None else {"crop_fraction": args.crop_fraction}),
+        **_crop_kwargs(args),
     }
 
 
@@ -355,7 +361,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
             args.backbone, weights=args.weights, backbone_kwargs=args.backbone_kwargs,
             cut=args.cut, input_size=args.input_size, batch_size=args.batch_size or 32,
             epochs=args.epochs, verbose=0 if args.quiet else 1, random_state=args.random_state,
-            **({} if args.crop_fraction is None else {"crop_fraction": args.crop_fraction}),
+            **_crop_kwargs(args),
         )
     else:
         extractor_kwargs = {**_extractor_kwargs(args), "random_state": args.random_state}

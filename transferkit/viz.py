@@ -236,6 +236,7 @@ def activation_maps(extractor: Any, image: Any, *, layer: str | int | None = Non
     """
     import keras
 
+    from .augmentation import central_offsets
     from .backbones import get_backbone_spec
     from .cut_points import resolve_cut
     from .extractor import KerasFeatureExtractor
@@ -267,7 +268,7 @@ def activation_maps(extractor: Any, image: Any, *, layer: str | int | None = Non
     # Framed as transform frames it: resized to source_size_, central input_size_ kept.
     source, size = extractor.source_size_, extractor.input_size_
     pixels = _model_input(image, source)
-    top, left = (source[0] - size[0]) // 2, (source[1] - size[1]) // 2
+    top, left = central_offsets(source, size)
     pixels = np.ascontiguousarray(pixels[:, top:top + size[0], left:left + size[1]])
     if spec is not None:
         # preprocess_input may work in place on a NumPy array; the batch is ours to change.
@@ -391,6 +392,7 @@ def grad_cam(classifier: Any, image: Any, *, target: Any = None) -> np.ndarray:
     import keras
     import tensorflow as tf
 
+    from .augmentation import central_offsets
     from .finetune import FineTunedClassifier
 
     if not isinstance(classifier, FineTunedClassifier):
@@ -454,7 +456,7 @@ def grad_cam(classifier: Any, image: Any, *, target: Any = None) -> np.ndarray:
     height, width = display.shape[:2]
     crop_h = int(round(height * classifier.input_size_[0] / source[0]))
     crop_w = int(round(width * classifier.input_size_[1] / source[1]))
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    top, left = central_offsets((height, width), (crop_h, crop_w))
     heat = np.zeros((height, width), dtype=np.float32)
     heat[top:top + crop_h, left:left + crop_w] = _resize_map(cam, (crop_h, crop_w))
     return np.clip(heat, 0.0, 1.0).astype(np.float32)
