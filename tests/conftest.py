@@ -81,3 +81,22 @@ def tensorflow_log():
     logger.addHandler(handler)
     yield messages
     logger.removeHandler(handler)
+
+
+#: Brightness band of each class of :func:`noise_images`.
+NOISE_BANDS = {"dark": (0, 90), "bright": (160, 256), "grey": (90, 160)}
+
+
+def noise_images(n_per_class: int = 12, *, classes: tuple[str, ...] = ("dark", "bright"),
+                 size: int = 32, seed: int = 0):
+    """Uniform-noise uint8 images, one brightness band per class, and their class names.
+
+    Easy classes even for the random features of ``weights=None`` networks, so the tests
+    that train on them check learning, not luck.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    X = np.concatenate([rng.integers(*NOISE_BANDS[name], (n_per_class, size, size, 3))
+                        for name in classes])
+    return X.astype(np.uint8), np.repeat(np.array(classes), n_per_class)

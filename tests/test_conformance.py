@@ -18,6 +18,8 @@ from sklearn.utils import estimator_checks
 
 from transferkit import FineTunedClassifier, KerasFeatureExtractor
 
+from .conftest import noise_images
+
 # Random VGG16 weights at 32 px (random MobileNet features are ~1e-18, useless to compare).
 # cache=None: every output is computed, never replayed from the feature cache.
 EXTRACTOR = {"backbone": "VGG16", "weights": None, "input_size": 32, "random_state": 0,
@@ -57,17 +59,9 @@ def test_sklearn_api_check(estimator, check):
 
 
 # ------------------------------------------------------------------ shared data
-def _images(n_per_class: int = 8, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(1)
-    dark = rng.integers(0, 90, (n_per_class, size, size, 3))
-    bright = rng.integers(160, 256, (n_per_class, size, size, 3))
-    return (np.concatenate([dark, bright]).astype(np.uint8),
-            np.repeat(np.array(["dark", "bright"]), n_per_class))
-
-
 @pytest.fixture(scope="module")
 def data():
-    return _images()
+    return noise_images(8, seed=1)
 
 
 @pytest.fixture(scope="module")

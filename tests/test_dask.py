@@ -16,6 +16,8 @@ from sklearn.pipeline import Pipeline
 
 from transferkit import FineTunedClassifier, KerasFeatureExtractor
 
+from .conftest import noise_images
+
 distributed = pytest.importorskip("distributed")
 dask_dataframe = pytest.importorskip("dask.dataframe")
 
@@ -24,12 +26,9 @@ dask_dataframe = pytest.importorskip("dask.dataframe")
 SMALL = {"backbone": "VGG16", "weights": None, "input_size": 32, "random_state": 0}
 
 
-def _two_class_images(n_per_class: int = 12, size: int = 32):
-    rng = np.random.default_rng(0)
-    dark = rng.integers(0, 90, (n_per_class, size, size, 3))
-    bright = rng.integers(160, 256, (n_per_class, size, size, 3))
-    return (np.concatenate([dark, bright]).astype(np.uint8),
-            np.array([0] * n_per_class + [1] * n_per_class))
+def _two_class_images(n_per_class: int = 12):
+    X, names = noise_images(n_per_class)
+    return X, (names == "bright").astype(int)
 
 
 def _close(got: np.ndarray, want: np.ndarray) -> None:

@@ -17,7 +17,14 @@ from sklearn.model_selection import GridSearchCV
 
 from transferkit.finetune import FineTunedClassifier
 
-from .conftest import HYMENOPTERA, KERAS_HOME, REPO, needs_hymenoptera, needs_shared_weights
+from .conftest import (
+    HYMENOPTERA,
+    KERAS_HOME,
+    REPO,
+    needs_hymenoptera,
+    needs_shared_weights,
+    noise_images,
+)
 
 # VGG16 cut after block3 at 32 px: small and, unlike randomly initialised MobileNets (whose
 # features shrink to ~1e-18 through the BatchNormalization layers at their initial
@@ -35,13 +42,8 @@ def tiny(**params) -> FineTunedClassifier:
     return FineTunedClassifier(**{**TINY, **params})
 
 
-def _images(n_per_class: int = 12, n_classes: int = 2, size: int = 32):
-    """Dark, bright and mid-grey noise images: easy classes for random features."""
-    rng = np.random.default_rng(0)
-    ranges = [(0, 90), (160, 256), (90, 160)][:n_classes]
-    X = np.concatenate([rng.integers(lo, hi, (n_per_class, size, size, 3)) for lo, hi in ranges])
-    names = np.array(["dark", "bright", "grey"])[:n_classes]
-    return X.astype(np.uint8), np.repeat(names, n_per_class)
+def _images(n_per_class: int = 12, n_classes: int = 2):
+    return noise_images(n_per_class, classes=("dark", "bright", "grey")[:n_classes])
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from transferkit import FineTunedClassifier, KerasFeatureExtractor, persistence
 from transferkit.cache import MemoryFeatureCache
 from transferkit.persistence import FileVersionWarning, ModelFileError, load, save
 
-from .conftest import REPO
+from .conftest import REPO, noise_images
 
 # Random VGG16 weights at 32 px: fast to build, and unlike random MobileNets their features
 # are far from zero, so "identical output" compares real numbers.
@@ -36,17 +36,9 @@ CLASSIFIER = {"backbone": "VGG16", "weights": None, "cut": "block3", "input_size
               "epochs": 1, "head_epochs": 3, "batch_size": 8, "random_state": 0}
 
 
-def _images(n_per_class: int = 8, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    dark = rng.integers(0, 90, (n_per_class, size, size, 3))
-    bright = rng.integers(160, 256, (n_per_class, size, size, 3))
-    return (np.concatenate([dark, bright]).astype(np.uint8),
-            np.repeat(np.array(["dark", "bright"]), n_per_class))
-
-
 @pytest.fixture(scope="module")
 def data():
-    return _images()
+    return noise_images(8)
 
 
 @pytest.fixture(scope="module")

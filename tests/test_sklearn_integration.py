@@ -16,16 +16,12 @@ from sklearn.pipeline import Pipeline
 
 from transferkit import KerasFeatureExtractor
 
-from .conftest import REPO
+from .conftest import REPO, noise_images
 
 
-def _two_class_images(n_per_class: int = 12, size: int = 32):
-    rng = np.random.default_rng(0)
-    dark = rng.integers(0, 90, (n_per_class, size, size, 3))
-    bright = rng.integers(160, 256, (n_per_class, size, size, 3))
-    X = np.concatenate([dark, bright]).astype(np.uint8)
-    y = np.array([0] * n_per_class + [1] * n_per_class)
-    return X, y
+def _two_class_images(n_per_class: int = 12):
+    X, names = noise_images(n_per_class)
+    return X, (names == "bright").astype(int)
 
 
 def _pipeline(**features) -> Pipeline:
