@@ -14,9 +14,12 @@ with MobileNet (alpha 0.25) ImageNet weights at 224 px:
 4. the fine-tuning epoch time of FineTunedClassifier with and without the frozen-prefix cache
    (no augmentation, only the last block trainable), side by side.
 
-Prints one JSON object. ``--only epoch-cache`` runs step 4 alone.
+Prints one JSON object. ``--only epoch-cache`` runs step 4 alone. Several ``--seed`` values
+fit the recipe and FineTunedClassifier once per seed (their results move by several validation
+images between seeds) and add a summary: mean accuracies and margins, and how many seeds meet
+both targets.
 
-    python benchmarks/finetune_hymenoptera.py [--only {all,epoch-cache}] [--seed 0]
+    python benchmarks/finetune_hymenoptera.py [--only {all,epoch-cache}] [--seed 0 [1 ...]]
 """
 
 from __future__ import annotations
@@ -206,36 +209,70 @@ def epoch_cache(train, seed: int, epochs: int = 4) -> dict:
     return result
 
 
+def _margins(probe: float, recipe: float, ftc: float) -> dict:
+    # The targets of issue #3: +0.02 over the linear probe, +0.05 over the guide's recipe,
+    # judged on the unrounded margins (0.0196 rounds to 0.02 but falls short). The small
+    # tolerance absorbs float error only: margins are multiples of 1/153.
+    return {
+        "margin_over_linear_probe": round(ftc - probe, 4),
+        "margin_over_keras_guide_recipe": round(ftc - recipe, 4),
+        "targets_met": {
+            "linear_probe_plus_0.02": ftc - probe >= 0.02 - 1e-9,
+            "keras_guide_recipe_plus_0.05": ftc - recipe >= 0.05 - 1e-9,
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("all", "epoch-cache"), default="all")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, nargs="+", default=[0],
+                        help="one seed, or several: the recipe and FineTunedClassifier are "
+                             "fitted once per seed and summarised (the probes are "
+                             "deterministic and run once)")
     args = parser.parse_args()
     _prepare_keras_home()
     sys.path.insert(0, str(REPO))
 
     train, val = _split("train"), _split("val")
+    seeds = args.seed
     out: dict = {
         "data": {"train": len(train[0]), "val": len(val[0])},
         "backbone": "MobileNet alpha=0.25, ImageNet weights, 224 px",
-        "seed": args.seed,
+        "seed": seeds[0] if len(seeds) == 1 else seeds,
     }
     if args.only == "all":
         out["linear_probe"] = linear_probe(train, val)
-        out["keras_guide_recipe"] = keras_guide_recipe(train, val, args.seed)
-        out["fine_tuned_classifier"] = fine_tuned_classifier(train, val, args.seed)
         out["linear_probe_central_crop"] = linear_probe_central_crop(train, val)
-        ftc = out["fine_tuned_classifier"]["val_accuracy"]
-        out["margin_over_linear_probe"] = round(ftc - out["linear_probe"]["val_accuracy"], 3)
-        out["margin_over_keras_guide_recipe"] = round(
-            ftc - out["keras_guide_recipe"]["val_accuracy"], 3
-        )
-        # The targets of issue #3: +0.02 over the linear probe, +0.05 over the guide's recipe.
-        out["targets_met"] = {
-            "linear_probe_plus_0.02": out["margin_over_linear_probe"] >= 0.02,
-            "keras_guide_recipe_plus_0.05": out["margin_over_keras_guide_recipe"] >= 0.05,
-        }
-    out["epoch_cache"] = epoch_cache(train, args.seed)
+        probe = out["linear_probe"]["val_accuracy"]
+        runs = []
+        for seed in seeds:
+            run = {"seed": seed,
+                   "keras_guide_recipe": keras_guide_recipe(train, val, seed),
+                   "fine_tuned_classifier": fine_tuned_classifier(train, val, seed)}
+            run.update(_margins(probe, run["keras_guide_recipe"]["val_accuracy"],
+                                run["fine_tuned_classifier"]["val_accuracy"]))
+            runs.append(run)
+        if len(runs) == 1:
+            out.update({k: v for k, v in runs[0].items() if k != "seed"})
+        else:
+            import numpy as np
+
+            recipe = [r["keras_guide_recipe"]["val_accuracy"] for r in runs]
+            ftc = [r["fine_tuned_classifier"]["val_accuracy"] for r in runs]
+            out["runs"] = runs
+            # One validation image is 1/153 = 0.0065 of accuracy: single seeds decide the
+            # targets by one or two images, so the mean over seeds is reported beside them.
+            out["summary"] = {
+                "keras_guide_recipe_mean": round(float(np.mean(recipe)), 3),
+                "keras_guide_recipe_range": [round(min(recipe), 3), round(max(recipe), 3)],
+                "fine_tuned_classifier_mean": round(float(np.mean(ftc)), 3),
+                "fine_tuned_classifier_range": [round(min(ftc), 3), round(max(ftc), 3)],
+                **_margins(probe, float(np.mean(recipe)), float(np.mean(ftc))),
+                "seeds_meeting_both_targets": sum(all(r["targets_met"].values())
+                                                  for r in runs),
+            }
+    out["epoch_cache"] = epoch_cache(train, seeds[0])
     print(json.dumps(out, indent=2))
 
 
