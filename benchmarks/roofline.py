@@ -6,7 +6,8 @@ roof = the best float32 matrix-multiply throughput measured in the same run (Ten
 2048 and 3072, NumPy at 3072, square matrices). The matrix products and the model take turns
 in every round and each keeps its best round, so background load cannot skew the ratio.
 The bfloat16 figure is reported beside it, against both the float32 roof and a bfloat16
-matmul roof.
+matmul roof, and, where the openvino package is installed, the float32 figure of
+``runtime="openvino"`` (the same extractor, its network run by OpenVINO's CPU plugin).
 
     python benchmarks/roofline.py [--quick] [--n-images 64] [--batch-size N] [--repeats 5]
 
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from transferkit import KerasFeatureExtractor
     from transferkit.extractor import default_batch_size
+    from transferkit.openvino_runtime import openvino_available
 
     batch_size = args.batch_size or default_batch_size()
     images = np.random.default_rng(0).integers(0, 256, (n_images, size, size, 3), np.uint8)
@@ -101,13 +103,16 @@ def main(argv: list[str] | None = None) -> dict:
     matmuls = matmul_timers(matrices)
     flops = {name: f for name, (f, _) in matmuls.items()}
     fns = {name: fn for name, (_, fn) in matmuls.items()}
-    for precision in ("float32", "bfloat16"):
+    variants = {"float32": {"precision": "float32"}, "bfloat16": {"precision": "bfloat16"}}
+    if openvino_available():
+        variants["openvino_float32"] = {"runtime": "openvino"}
+    for name, params in variants.items():
         extractor = KerasFeatureExtractor("ResNet50", weights=None, random_state=0,
                                           input_size=size, cache=None,
-                                          batch_size=batch_size, precision=precision).fit()
-        flops[precision] = layer_flops(extractor.model_) * n_images
+                                          batch_size=batch_size, **params).fit()
+        flops[name] = layer_flops(extractor.model_) * n_images
         extractor.transform(images[:batch_size])
-        fns[precision] = lambda e=extractor: e.transform(images)
+        fns[name] = lambda e=extractor: e.transform(images)
     # Matmuls and the model take turns in every round, so a neighbour that slows the
     # machine for a while cannot lower the roof alone (or the model alone).
     seconds = interleaved_best(fns, repeats)
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     roof16 = gflops[f"tf_bfloat16_{max(matrices)}"]
     achieved = {p: {"images_per_s": n_images / seconds[p], "gflops": gflops[p],
                     "gflops_per_image": flops[p] / n_images / 1e9}
-                for p in ("float32", "bfloat16")}
+                for p in variants}
     roofs = {f"{k}_gflops": v for k, v in gflops.items() if k not in achieved}
 
     report = {
@@ -138,6 +143,13 @@ def main(argv: list[str] | None = None) -> dict:
         "bfloat16_fraction_of_float32_roof": round(achieved["bfloat16"]["gflops"] / roof32, 3),
         "bfloat16_fraction_of_bfloat16_roof": round(
             achieved["bfloat16"]["gflops"] / roof16, 3),
+        **({
+            "openvino_float32_images_per_s": round(
+                achieved["openvino_float32"]["images_per_s"], 2),
+            "openvino_float32_gflops": round(achieved["openvino_float32"]["gflops"], 1),
+            "openvino_float32_fraction_of_roof": round(
+                achieved["openvino_float32"]["gflops"] / roof32, 3),
+        } if "openvino_float32" in achieved else {"openvino_float32": "openvino not installed"}),
         "target": {"float32_fraction_of_roof": 0.9},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": machine(),

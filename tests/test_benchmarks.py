@@ -60,6 +60,10 @@ def test_roofline_counts_resnet50_flops_and_measures_a_roof():
     for key in ("roof_float32_gflops", "float32_gflops", "bfloat16_gflops",
                 "float32_fraction_of_roof"):
         assert positive(report[key]), key
+    from transferkit.openvino_runtime import openvino_available
+
+    if openvino_available():
+        assert positive(report["openvino_float32_fraction_of_roof"])
 
 
 def test_memory_reports_peak_resident_memory_for_both_sizes():
