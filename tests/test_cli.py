@@ -16,6 +16,8 @@ import pytest
 import tomllib
 from PIL import Image
 
+from transferkit.openvino_runtime import openvino_available
+
 from .conftest import REPO
 
 # VGG16 at 32 px with random weights: the cheapest backbone whose random features are usable.
@@ -134,6 +136,29 @@ def test_extract_crop_fraction_gives_the_extractors_central_crop_features(image_
         list(saved["paths"]))
     np.testing.assert_allclose(saved["features"], expected, rtol=1e-5,
                                atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.skipif(not openvino_available(), reason="openvino is not installed")
+def test_extract_runtime_openvino_gives_the_extractors_features(image_folder, tmp_path):
+    from transferkit import KerasFeatureExtractor
+    from transferkit.cli import main
+
+    output = tmp_path / "features.npz"
+    assert main(["extract", str(image_folder / "dark"), "-o", str(output), "--quiet",
+                 "--runtime", "openvino", *SMALL]) == 0
+    saved = np.load(output)
+    expected = KerasFeatureExtractor("VGG16", weights=None, input_size=32, random_state=0,
+                                     cache=None).fit_transform(list(saved["paths"]))
+    np.testing.assert_allclose(saved["features"], expected, rtol=1e-4,
+                               atol=1e-5 * np.abs(expected).max())
+
+
+def test_runtime_openvino_with_finetune_is_a_usage_error(image_folder, tmp_path, capsys):
+    from transferkit.cli import main
+
+    assert main(["train", str(image_folder), "-o", str(tmp_path / "m.joblib"), "--finetune",
+                 "--runtime", "openvino", *SMALL]) == 1
+    assert "--finetune trains with TensorFlow" in capsys.readouterr().err
 
 
 def test_crop_fraction_outside_zero_one_is_a_usage_error(capsys):

@@ -110,6 +110,10 @@ def _add_backbone_options(parser: argparse.ArgumentParser, default: str) -> None
     parser.add_argument("--batch-size", type=_positive_int, default=None,
                         help="images per forward pass (default: 8 on a CPU and 32 on a GPU "
                              "for features, 32 for fine-tuning)")
+    parser.add_argument("--runtime", choices=("tensorflow", "openvino"), default=None,
+                        help="what runs the network for features: tensorflow (default) or "
+                             "openvino (pip install \"transferkit[openvino]\"; faster on "
+                             "CPUs without oneDNN)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -246,6 +250,7 @@ def _extractor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "random_state": 0,
         **_crop_kwargs(args),
+        **({} if args.runtime is None else {"runtime": args.runtime}),
     }
 
 
@@ -331,6 +336,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from .extractor import KerasFeatureExtractor
     from .finetune import FineTunedClassifier
 
+    if args.finetune and args.runtime not in (None, "tensorflow"):
+        raise UsageError(
+            f"--runtime {args.runtime} runs feature extraction; --finetune trains with "
+            "TensorFlow. Leave out --runtime or --finetune."
+        )
     paths, labels = _labelled_folder(args.folder)
     if args.val is not None:
         val_paths, val_labels = _labelled_folder(args.val)
