@@ -452,10 +452,10 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         n_features = int(x.shape[-1])
         logger.debug("built %s cut at %s: input %s, %d features", name, cut_layer, size,
                      n_features)
-        forward = self._make_forward(model, source) if with_forward else None
+        forward = self._forward_for(model, source) if with_forward else None
         return (model, forward, name, cut_layer, size, source, preprocessing, n_features)
 
-    def _make_forward(self, model: Any, source: tuple[int, int]) -> Any:
+    def _forward_for(self, model: Any, source: tuple[int, int]) -> Any:
         if self.runtime == "openvino":
             if not openvino_available():  # e.g. a pickle loaded where openvino is missing
                 raise ImportError(
@@ -615,5 +615,5 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
             self.model_.set_weights(weights)
             # The folded (or converted) copy holds its own weights: make it from the restored
             # ones.
-            self._forward = self._make_forward(self.model_, self.source_size_)
+            self._forward = self._forward_for(self.model_, self.source_size_)
             self._fingerprint_ = fingerprint_

@@ -679,14 +679,14 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         streamed = isinstance(train, ImageCollection)
 
         step = tf.function(_TrainingStep(model, variables, optimizer), reduce_retracing=True)
-        inference = tf.function(_ForwardPass(model), reduce_retracing=True)
+        inference = self._tensor_forward(model)
         history: dict[str, list] = {"loss": [], "accuracy": [], "seconds": [],
                                     "learning_rate": []}
         if val is not None:
             history.update(val_loss=[], val_accuracy=[])
         def validate() -> tuple[np.ndarray, float]:
             """Per-image validation loss and the accuracy."""
-            logits = self._run(lambda b: inference(tf.convert_to_tensor(b)).numpy(), val)
+            logits = self._run(inference, val)
             logits = logits.astype(np.float64)
             shifted = logits - logits.max(axis=1, keepdims=True)
             log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
