@@ -59,6 +59,18 @@ def test_openvino_runs_a_users_own_keras_model(images):
     assert_same_features(got, expected)
 
 
+
+@needs_openvino
+def test_openvino_returns_efficientnets_features(images):
+    # TensorFlow's frontend made every swish activation (tf.nn.silu) an extra output of the
+    # converted network, and EfficientNet's features stopped being its first output.
+    params = {"backbone": "EfficientNetB0", "weights": None, "input_size": 32,
+              "random_state": 0, "cache": None}
+    expected = KerasFeatureExtractor(**params).fit_transform(images)
+    got = KerasFeatureExtractor(**params, runtime="openvino").fit_transform(images)
+    assert got.shape == expected.shape == (len(images), 1280)
+    assert_same_features(got, expected)
+
 @needs_openvino
 def test_openvino_features_do_not_depend_on_the_batch_size(images):
     one_batch = KerasFeatureExtractor(**{**SMALL, "batch_size": 11},

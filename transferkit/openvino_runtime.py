@@ -65,6 +65,28 @@ class _OpenVINOForward:
         return np.asarray(request.infer({0: inputs})[self.output])
 
 
+def _features_only(converted: Any, name: str) -> Any:
+    """``converted`` with the traced function's own output as its only output.
+
+    TensorFlow's frontend also turns some internal tensors into outputs: with swish
+    activations (EfficientNet, EfficientNetV2) every ``tf.nn.silu`` left one behind, and the
+    features were no longer output 0. Keeping only the features also spares OpenVINO
+    from materialising the others.
+    """
+    import openvino
+
+    matches = [output for output in converted.outputs if name in output.get_names()]
+    if len(matches) != 1:
+        found = sorted(n for output in converted.outputs for n in output.get_names())
+        raise RuntimeError(
+            f"OpenVINO's conversion of the network has {len(matches)} outputs named {name!r} "
+            f"(outputs: {found[:10]}); use runtime='tensorflow' for this network."
+        )
+    if len(converted.outputs) == 1:
+        return converted
+    return openvino.Model(matches, converted.get_parameters(), converted.friendly_name)
+
+
 def make_openvino_forward(model: Any, size: tuple[int, int]) -> _OpenVINOForward:
     """Compile ``model`` (float32 images of ``size``, any batch size) for OpenVINO's CPU plugin.
 
@@ -77,7 +99,7 @@ def make_openvino_forward(model: Any, size: tuple[int, int]) -> _OpenVINOForward
 
     spec = tf.TensorSpec((None, size[0], size[1], 3), tf.float32)
     traced = tf.function(_ForwardPass(model)).get_concrete_function(spec)
-    converted = openvino.convert_model(traced)
+    converted = _features_only(openvino.convert_model(traced), traced.outputs[0].name)
     compiled = _openvino_core().compile_model(converted, "CPU", {
         # float32 arithmetic everywhere: on CPUs with bfloat16 units OpenVINO would
         # otherwise choose bfloat16 by itself and the features would drift.
