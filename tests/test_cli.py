@@ -153,12 +153,27 @@ def test_extract_runtime_openvino_gives_the_extractors_features(image_folder, tm
                                atol=1e-5 * np.abs(expected).max())
 
 
-def test_runtime_openvino_with_finetune_is_a_usage_error(image_folder, tmp_path, capsys):
+@pytest.mark.skipif(not openvino_available(), reason="openvino is not installed")
+def test_train_finetune_runtime_openvino_saves_a_classifier_that_predicts_with_it(
+        image_folder, tmp_path):
+    import joblib
+
     from transferkit.cli import main
 
-    assert main(["train", str(image_folder), "-o", str(tmp_path / "m.joblib"), "--finetune",
-                 "--runtime", "openvino", *SMALL]) == 1
-    assert "--finetune trains with TensorFlow" in capsys.readouterr().err
+    output = tmp_path / "tuned.joblib"
+    assert main(["train", str(image_folder), "-o", str(output), "--finetune", "--epochs", "1",
+                 "--validation-fraction", "0.25", "--quiet", "--runtime", "openvino",
+                 *SMALL]) == 0
+    model = joblib.load(output)
+    assert model.runtime == "openvino"
+    assert type(model._forward).__name__ == "_OpenVINOForward"
+    paths = sorted(str(p) for p in image_folder.rglob("*.png"))
+    from transferkit.image_input import as_image_collection
+
+    pixels = np.concatenate([batch for _, batch in
+                             as_image_collection(paths).batches(model.source_size_, 64)])
+    np.testing.assert_allclose(model.predict_proba(paths),
+                               model.model_.predict(pixels, verbose=0), atol=1e-5)
 
 
 def test_crop_fraction_outside_zero_one_is_a_usage_error(capsys):

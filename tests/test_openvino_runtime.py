@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from transferkit import KerasFeatureExtractor
+from transferkit import KerasFeatureExtractor, list_backbones
 from transferkit.openvino_runtime import openvino_available
 
 needs_openvino = pytest.mark.skipif(
@@ -71,6 +71,33 @@ def test_openvino_returns_efficientnets_features(images):
     assert got.shape == expected.shape == (len(images), 1280)
     assert_same_features(got, expected)
 
+# One backbone of every family of keras.applications: the families differ in the operations
+# OpenVINO has to convert (depthwise and separable convolutions, swish and hard-swish,
+# squeeze-and-excitation, layer normalisation, concatenations).
+ONE_PER_FAMILY = {
+    "convnext": "ConvNeXtTiny", "densenet": "DenseNet121", "efficientnet": "EfficientNetB0",
+    "efficientnet_v2": "EfficientNetV2B0", "inception_resnet_v2": "InceptionResNetV2",
+    "inception_v3": "InceptionV3", "mobilenet": "MobileNet", "mobilenet_v2": "MobileNetV2",
+    "mobilenet_v3": "MobileNetV3Small", "nasnet": "NASNetMobile", "resnet": "ResNet50",
+    "resnet_v2": "ResNet50V2", "vgg16": "VGG16", "vgg19": "VGG19", "xception": "Xception",
+}
+
+
+def test_openvino_family_sweep_covers_every_family_of_the_registry():
+    assert set(ONE_PER_FAMILY) == {entry["module"] for entry in list_backbones()}
+
+
+@needs_openvino
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ONE_PER_FAMILY.values()))
+def test_openvino_gives_tensorflows_features_for_every_backbone_family(name, images):
+    params = {"backbone": name, "weights": None, "input_size": 96, "random_state": 0,
+              "cache": None}
+    expected = KerasFeatureExtractor(**params).fit_transform(images)
+    got = KerasFeatureExtractor(**params, runtime="openvino").fit_transform(images)
+    assert np.isfinite(got).all()
+    assert_same_features(got, expected)
+
 @needs_openvino
 def test_openvino_features_do_not_depend_on_the_batch_size(images):
     one_batch = KerasFeatureExtractor(**{**SMALL, "batch_size": 11},
@@ -122,8 +149,71 @@ def test_invalid_runtime_settings_raise_at_fit(params, error, match):
 
 
 def test_openvino_runtime_without_openvino_says_how_to_install_it(monkeypatch):
-    import transferkit.extractor as extractor_module
+    import transferkit.openvino_runtime as openvino_runtime
 
-    monkeypatch.setattr(extractor_module, "openvino_available", lambda: False)
+    monkeypatch.setattr(openvino_runtime, "openvino_available", lambda: False)
     with pytest.raises(ImportError, match=r'pip install "transferkit\[openvino\]"'):
         KerasFeatureExtractor(**SMALL, runtime="openvino").fit()
+
+@needs_openvino
+def test_pickled_openvino_extractor_loaded_without_openvino_says_how_to_install_it(
+        monkeypatch):
+    import transferkit.openvino_runtime as openvino_runtime
+
+    saved = pickle.dumps(KerasFeatureExtractor(**SMALL, runtime="openvino").fit())
+    monkeypatch.setattr(openvino_runtime, "openvino_available", lambda: False)
+    with pytest.raises(ImportError, match=r'pip install "transferkit\[openvino\]"'):
+        pickle.loads(saved)
+
+
+# ---------------------------------------------------------------- FineTunedClassifier
+TUNED = {"backbone": "VGG16", "weights": None, "cut": "block3", "input_size": 32,
+         "epochs": 2, "head_init": "adam", "head_epochs": 5, "augment": None,
+         "batch_size": 8, "random_state": 0}
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    rng = np.random.default_rng(1)
+    X = np.concatenate([rng.integers(0, 100, (8, 36, 36, 3)),
+                        rng.integers(150, 256, (8, 36, 36, 3))]).astype(np.uint8)
+    return X, np.array(["dark"] * 8 + ["bright"] * 8)
+
+
+@needs_openvino
+def test_fine_tuned_classifier_predicts_through_openvino_what_tensorflow_predicts(labelled):
+    from transferkit import FineTunedClassifier
+
+    X, y = labelled
+    expected = FineTunedClassifier(**TUNED).fit(X, y)
+    tuned = FineTunedClassifier(**TUNED, runtime="openvino").fit(X, y)
+    # Training runs on TensorFlow either way: the weights are the same.
+    for a, b in zip(tuned.model_.get_weights(), expected.model_.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(tuned.predict_proba(X), expected.predict_proba(X), atol=1e-6)
+    np.testing.assert_array_equal(tuned.predict(X), expected.predict(X))
+
+
+@needs_openvino
+def test_pickled_openvino_fine_tuned_classifier_gives_identical_probabilities(labelled):
+    from transferkit import FineTunedClassifier
+
+    X, y = labelled
+    tuned = FineTunedClassifier(**TUNED, runtime="openvino").fit(X, y)
+    restored = pickle.loads(pickle.dumps(tuned))
+    assert restored.runtime == "openvino"
+    np.testing.assert_array_equal(restored.predict_proba(X), tuned.predict_proba(X))
+
+
+@pytest.mark.parametrize(("runtime", "error", "match"), [
+    ("onnx", ValueError, "runtime='onnx' is not supported"),
+    ("openvino", ImportError, r'pip install "transferkit\[openvino\]"'),
+])
+def test_fine_tuned_classifier_checks_its_runtime_at_fit(runtime, error, match, labelled,
+                                                         monkeypatch):
+    import transferkit.openvino_runtime as openvino_runtime
+    from transferkit import FineTunedClassifier
+
+    monkeypatch.setattr(openvino_runtime, "openvino_available", lambda: False)
+    with pytest.raises(error, match=match):
+        FineTunedClassifier(**TUNED, runtime=runtime).fit(*labelled)

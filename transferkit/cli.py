@@ -111,9 +111,9 @@ def _add_backbone_options(parser: argparse.ArgumentParser, default: str) -> None
                         help="images per forward pass (default: 8 on a CPU and 32 on a GPU "
                              "for features, 32 for fine-tuning)")
     parser.add_argument("--runtime", choices=("tensorflow", "openvino"), default=None,
-                        help="what runs the network for features: tensorflow (default) or "
-                             "openvino (pip install \"transferkit[openvino]\"; faster on "
-                             "CPUs without oneDNN)")
+                        help="what runs the network for features or, with --finetune, for "
+                             "predictions: tensorflow (default) or openvino (pip install "
+                             "\"transferkit[openvino]\"; faster on CPUs without oneDNN)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -336,11 +336,6 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from .extractor import KerasFeatureExtractor
     from .finetune import FineTunedClassifier
 
-    if args.finetune and args.runtime not in (None, "tensorflow"):
-        raise UsageError(
-            f"--runtime {args.runtime} runs feature extraction; --finetune trains with "
-            "TensorFlow. Leave out --runtime or --finetune."
-        )
     paths, labels = _labelled_folder(args.folder)
     if args.val is not None:
         val_paths, val_labels = _labelled_folder(args.val)
@@ -371,7 +366,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
             args.backbone, weights=args.weights, backbone_kwargs=args.backbone_kwargs,
             cut=args.cut, input_size=args.input_size, batch_size=args.batch_size or 32,
             epochs=args.epochs, verbose=0 if args.quiet else 1, random_state=args.random_state,
-            **_crop_kwargs(args),
+            **_crop_kwargs(args), **({} if args.runtime is None else {"runtime": args.runtime}),
         )
     else:
         extractor_kwargs = {**_extractor_kwargs(args), "random_state": args.random_state}

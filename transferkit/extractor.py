@@ -18,7 +18,7 @@ from sklearn.utils import check_random_state
 
 from .cache import fingerprint, image_keys, model_memo, resolve_cache, weights_identity
 from .image_input import as_image_collection
-from .openvino_runtime import RUNTIMES, make_openvino_forward, openvino_available
+from .openvino_runtime import check_runtime, make_openvino_forward
 from .persistence import SaveMixin
 
 __all__ = ["KerasFeatureExtractor"]
@@ -324,21 +324,7 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"precision={self.precision!r} is not supported; use one of {_PRECISIONS}."
             )
-        if self.runtime not in RUNTIMES:
-            raise ValueError(
-                f"runtime={self.runtime!r} is not supported; use one of {RUNTIMES}."
-            )
-        if self.runtime == "openvino":
-            if self.precision != "float32":
-                raise ValueError(
-                    f"runtime='openvino' runs float32 only, not precision={self.precision!r}; "
-                    "use precision='float32' or runtime='tensorflow'."
-                )
-            if not openvino_available():
-                raise ImportError(
-                    "runtime='openvino' needs the openvino package, which is not installed: "
-                    'pip install "transferkit[openvino]" (or use runtime="tensorflow").'
-                )
+        check_runtime(self.runtime, self.precision)
         resolve_cache(self.cache)
         if self.on_error not in ("raise", "nan"):
             raise ValueError(f"on_error={self.on_error!r} is not supported; use 'raise' or 'nan'.")
@@ -457,11 +443,6 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
 
     def _forward_for(self, model: Any, source: tuple[int, int]) -> Any:
         if self.runtime == "openvino":
-            if not openvino_available():  # e.g. a pickle loaded where openvino is missing
-                raise ImportError(
-                    "this extractor has runtime='openvino' but the openvino package is not "
-                    'installed: pip install "transferkit[openvino]".'
-                )
             return make_openvino_forward(model, source)
         # Backbones we built have weights nobody else changes: fold them. A model of the
         # user's own keeps using its live layers.

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RUNTIMES", "make_openvino_forward", "openvino_available"]
+__all__ = ["RUNTIMES", "check_runtime", "make_openvino_forward", "openvino_available"]
 
 #: Values of ``KerasFeatureExtractor(runtime=...)``.
 RUNTIMES = ("tensorflow", "openvino")
@@ -31,6 +31,35 @@ _core: Any = None
 def openvino_available() -> bool:
     """Whether the ``openvino`` package can be imported."""
     return importlib.util.find_spec("openvino") is not None
+
+
+def _require_openvino() -> None:
+    if not openvino_available():
+        raise ImportError(
+            "runtime='openvino' needs the openvino package, which is not installed: "
+            'pip install "transferkit[openvino]" (or use runtime="tensorflow").'
+        )
+
+
+def check_runtime(runtime: Any, precision: str = "float32") -> None:
+    """Raise if an estimator's ``runtime`` (with its compute ``precision``) cannot run here.
+
+    Raises
+    ------
+    ValueError
+        An unknown runtime, or OpenVINO with a precision other than float32.
+    ImportError
+        ``runtime="openvino"`` where the openvino package is not installed.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime={runtime!r} is not supported; use one of {RUNTIMES}.")
+    if runtime == "openvino":
+        if precision != "float32":
+            raise ValueError(
+                f"runtime='openvino' runs float32 only, not precision={precision!r}; "
+                "use precision='float32' or runtime='tensorflow'."
+            )
+        _require_openvino()
 
 
 def _openvino_core() -> Any:
@@ -91,7 +120,9 @@ def make_openvino_forward(model: Any, size: tuple[int, int]) -> _OpenVINOForward
     """Compile ``model`` (float32 images of ``size``, any batch size) for OpenVINO's CPU plugin.
 
     The weights are those of ``model`` now: later changes to its layers are not seen.
+    Raises ImportError when openvino is not installed (a pickle loaded elsewhere, say).
     """
+    _require_openvino()
     import openvino
     import tensorflow as tf
 
