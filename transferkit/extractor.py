@@ -214,8 +214,8 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         What runs the network in ``transform``. ``"openvino"`` converts the built Keras
         model once and runs it with OpenVINO's CPU plugin (``pip install
         "transferkit[openvino]"``): faster on CPUs where TensorFlow has no oneDNN
-        kernels (on the 2-core AMD CI machine ResNet50 ran 1.1-1.3x faster, at 0.82-0.92
-        of the matrix-multiply roof against 0.70-0.75, see :doc:`/benchmarks`); features equal
+        kernels (on the 2-core AMD CI machine ResNet50 ran 1.1-1.3x faster, at 0.82-0.93
+        of the matrix-multiply roof against 0.70-0.80, see :doc:`/benchmarks`); features equal
         TensorFlow's up to float32 rounding. CPU and float32 only. The
         model is converted when the extractor is built: later changes to the weights of
         a ``keras.Model`` passed as ``backbone`` are not seen.

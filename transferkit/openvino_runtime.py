@@ -1,8 +1,8 @@
 """Running an extractor's network with OpenVINO's CPU runtime (``runtime="openvino"``).
 
 TensorFlow runs convolutions on CPUs without oneDNN (AMD, older Intel) through Eigen. On
-the 2-core AMD CI machine, in three runs of ``benchmarks/roofline.py``, ResNet50 at 224 px
-reached 0.70-0.75 of the float32 matrix-multiply roof through TensorFlow and 0.82-0.92
+the 2-core AMD CI machine, in five runs of ``benchmarks/roofline.py``, ResNet50 at 224 px
+reached 0.70-0.80 of the float32 matrix-multiply roof through TensorFlow and 0.82-0.93
 through OpenVINO (1.1-1.3x the images per second), whose CPU plugin has its own convolution
 kernels and fuses the network as a whole. The Keras model stays the reference: it is
 traced once, converted in memory, compiled for the CPU in float32, and its outputs equal
