@@ -1,4 +1,7 @@
-"""Running an extractor's network with OpenVINO's CPU runtime (``runtime="openvino"``).
+"""Running an estimator's network with OpenVINO's CPU runtime (``runtime="openvino"``).
+
+KerasFeatureExtractor computes its features with it, FineTunedClassifier its predictions
+(training stays on TensorFlow).
 
 TensorFlow runs convolutions on CPUs without oneDNN (AMD, older Intel) through Eigen. On
 the 2-core AMD CI machine, in five runs of ``benchmarks/roofline.py``, ResNet50 at 224 px
@@ -21,7 +24,7 @@ import numpy as np
 
 __all__ = ["RUNTIMES", "check_runtime", "make_openvino_forward", "openvino_available"]
 
-#: Values of ``KerasFeatureExtractor(runtime=...)``.
+#: Values of ``runtime`` in KerasFeatureExtractor and FineTunedClassifier.
 RUNTIMES = ("tensorflow", "openvino")
 
 _core_lock = threading.Lock()
