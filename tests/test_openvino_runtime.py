@@ -180,8 +180,29 @@ def labelled():
     return X, np.array(["dark"] * 8 + ["bright"] * 8)
 
 
+@pytest.fixture
+def openvino_batches(monkeypatch):
+    """Counts the batches that FineTunedClassifier's predictions send through OpenVINO."""
+    import transferkit.finetune as finetune_module
+
+    counted = {"batches": 0}
+    make = finetune_module.make_openvino_forward
+
+    def counting_make(model, size):
+        forward = make(model, size)
+
+        def counting_forward(batch):
+            counted["batches"] += 1
+            return forward(batch)
+        return counting_forward
+
+    monkeypatch.setattr(finetune_module, "make_openvino_forward", counting_make)
+    return counted
+
+
 @needs_openvino
-def test_fine_tuned_classifier_predicts_through_openvino_what_tensorflow_predicts(labelled):
+def test_fine_tuned_classifier_predicts_through_openvino_what_tensorflow_predicts(
+        labelled, openvino_batches):
     from transferkit import FineTunedClassifier
 
     X, y = labelled
@@ -190,19 +211,25 @@ def test_fine_tuned_classifier_predicts_through_openvino_what_tensorflow_predict
     # Training runs on TensorFlow either way: the weights are the same.
     for a, b in zip(tuned.model_.get_weights(), expected.model_.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+    assert openvino_batches["batches"] == 0
     np.testing.assert_allclose(tuned.predict_proba(X), expected.predict_proba(X), atol=1e-6)
+    assert openvino_batches["batches"] == 2  # 16 images, batch_size 8
     np.testing.assert_array_equal(tuned.predict(X), expected.predict(X))
 
 
 @needs_openvino
-def test_pickled_openvino_fine_tuned_classifier_gives_identical_probabilities(labelled):
+def test_pickled_openvino_fine_tuned_classifier_gives_identical_probabilities(
+        labelled, openvino_batches):
     from transferkit import FineTunedClassifier
 
     X, y = labelled
     tuned = FineTunedClassifier(**TUNED, runtime="openvino").fit(X, y)
+    expected = tuned.predict_proba(X)
     restored = pickle.loads(pickle.dumps(tuned))
     assert restored.runtime == "openvino"
-    np.testing.assert_array_equal(restored.predict_proba(X), tuned.predict_proba(X))
+    before = openvino_batches["batches"]
+    np.testing.assert_array_equal(restored.predict_proba(X), expected)
+    assert openvino_batches["batches"] == before + 2
 
 
 @pytest.mark.parametrize(("runtime", "error", "match"), [
