@@ -33,12 +33,30 @@ def images():
     return np.random.default_rng(0).integers(0, 256, (11, 40, 48, 3), dtype=np.uint8)
 
 
+@pytest.fixture
+def openvino_batches(monkeypatch):
+    """Counts the batches OpenVINO runs, so a test can tell that it ran and not TensorFlow."""
+    from transferkit.openvino_runtime import _OpenVINOForward
+
+    counted = {"batches": 0}
+    call = _OpenVINOForward.__call__
+
+    def counting_call(self, batch):
+        counted["batches"] += 1
+        return call(self, batch)
+
+    monkeypatch.setattr(_OpenVINOForward, "__call__", counting_call)
+    return counted
+
+
 @needs_openvino
 @pytest.mark.parametrize("params", [{}, {"crop_fraction": 0.8, "cut": "block4_pool"},
                                     {"pooling": "max"}, {"pooling": None}])
-def test_openvino_features_equal_tensorflows(images, params):
+def test_openvino_features_equal_tensorflows(images, params, openvino_batches):
     expected = KerasFeatureExtractor(**{**SMALL, **params}).fit_transform(images)
+    assert openvino_batches["batches"] == 0
     got = KerasFeatureExtractor(**{**SMALL, **params}, runtime="openvino").fit_transform(images)
+    assert openvino_batches["batches"] == 3  # 11 images in batches of 4
     assert got.dtype == np.float32 and got.shape == expected.shape
     assert_same_features(got, expected)
 
@@ -178,26 +196,6 @@ def labelled():
     X = np.concatenate([rng.integers(0, 100, (8, 36, 36, 3)),
                         rng.integers(150, 256, (8, 36, 36, 3))]).astype(np.uint8)
     return X, np.array(["dark"] * 8 + ["bright"] * 8)
-
-
-@pytest.fixture
-def openvino_batches(monkeypatch):
-    """Counts the batches that FineTunedClassifier's predictions send through OpenVINO."""
-    import transferkit.finetune as finetune_module
-
-    counted = {"batches": 0}
-    make = finetune_module.make_openvino_forward
-
-    def counting_make(model, size):
-        forward = make(model, size)
-
-        def counting_forward(batch):
-            counted["batches"] += 1
-            return forward(batch)
-        return counting_forward
-
-    monkeypatch.setattr(finetune_module, "make_openvino_forward", counting_make)
-    return counted
 
 
 @needs_openvino
