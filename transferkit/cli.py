@@ -110,7 +110,7 @@ def _add_backbone_options(parser: argparse.ArgumentParser, default: str) -> None
     parser.add_argument("--batch-size", type=_positive_int, default=None,
                         help="images per forward pass (default: 8 on a CPU and 32 on a GPU "
                              "for features, 32 for fine-tuning)")
-    parser.add_argument("--runtime", choices=("tensorflow", "openvino"), default=None,
+    parser.add_argument("--runtime", choices=("tensorflow", "openvino"), default="tensorflow",
                         help="what runs the network for features or, with --finetune, for "
                              "predictions: tensorflow (default) or openvino (pip install "
                              "\"transferkit[openvino]\"; faster on CPUs without oneDNN)")
@@ -250,7 +250,7 @@ def _extractor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "random_state": 0,
         **_crop_kwargs(args),
-        **({} if args.runtime is None else {"runtime": args.runtime}),
+        "runtime": args.runtime,
     }
 
 
@@ -366,7 +366,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
             args.backbone, weights=args.weights, backbone_kwargs=args.backbone_kwargs,
             cut=args.cut, input_size=args.input_size, batch_size=args.batch_size or 32,
             epochs=args.epochs, verbose=0 if args.quiet else 1, random_state=args.random_state,
-            **_crop_kwargs(args), **({} if args.runtime is None else {"runtime": args.runtime}),
+            runtime=args.runtime, **_crop_kwargs(args),
         )
     else:
         extractor_kwargs = {**_extractor_kwargs(args), "random_state": args.random_state}

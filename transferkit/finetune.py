@@ -928,19 +928,19 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
 
     def _view_forward(self):
         """Loaded images -> pooled frozen features of one random augmented view of each."""
-        import tensorflow as tf
+        return self._numpy_pass(
+            _AugmentedViewPass(self._augment_net, self._prefix, self._pooled_net))
 
-        compiled = tf.function(
-            _AugmentedViewPass(self._augment_net, self._prefix, self._pooled_net),
-            reduce_retracing=True,
-        )
-        return lambda batch: compiled(tf.convert_to_tensor(batch, tf.float32)).numpy()
+    @classmethod
+    def _tensor_forward(cls, model: Any):
+        return cls._numpy_pass(_ForwardPass(model))
 
     @staticmethod
-    def _tensor_forward(model: Any):
+    def _numpy_pass(fn: Any):
+        """``fn`` traced, as a ``float32 batch -> ndarray`` callable."""
         import tensorflow as tf
 
-        compiled = tf.function(_ForwardPass(model), reduce_retracing=True)
+        compiled = tf.function(fn, reduce_retracing=True)
         return lambda batch: compiled(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
     # ------------------------------------------------------------------ prediction
