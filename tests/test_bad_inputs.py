@@ -6,6 +6,7 @@ its outcome: converted (and to what), or the error type and what its message nam
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -249,6 +250,171 @@ def test_a_list_mixing_paths_pil_images_and_arrays(tmp_path, photo, extractor, c
     mixed = [str(path), photo, Image.fromarray(255 - photo)]
     features = run_both(extractor, classifier, mixed)
     assert_close(features, extractor.transform(np.stack([photo, photo, 255 - photo])))
+
+
+# ------------------------------------------------------------------ files that could hang
+def _finishes(call, *args):
+    """Run ``call`` on a thread; fail (rather than hang the suite) if it never returns."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(300)  # a guard against a hang, not a speed limit
+    assert not thread.is_alive(), f"{call} blocked"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this platform")
+    path = tmp_path / "pipe.jpg"
+    os.mkfifo(path)
+    return path
+
+
+def test_named_pipe_is_refused_naming_index_and_path(tmp_path, photo, extractor, classifier,
+                                                     fifo):
+    good = tmp_path / "good.png"
+    Image.fromarray(photo).save(good)
+    for call in (extractor.transform, classifier.predict):
+        with pytest.raises(ValueError, match=r"image 1 .*pipe\.jpg.*named pipe"):
+            _finishes(call, [str(good), str(fifo)])
+
+
+def test_named_pipe_under_on_error_nan_is_a_nan_row(tmp_path, photo, fifo):
+    good = tmp_path / "good.png"
+    Image.fromarray(photo).save(good)
+    tolerant = KerasFeatureExtractor("VGG16", weights=None, random_state=0, input_size=SIZE,
+                                     on_error="nan")
+    with pytest.warns(UserWarning, match="named pipe"):
+        features = _finishes(tolerant.fit_transform, [str(good), str(fifo)])
+    assert np.isnan(features[1]).all() and np.isfinite(features[0]).all()
+
+
+@pytest.mark.parametrize("on_error", ["raise", "nan"])
+def test_symlink_loop_is_an_image_error_naming_index_and_path(tmp_path, photo, on_error):
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to(tmp_path / "loop.jpg")
+    good = tmp_path / "good.png"
+    Image.fromarray(photo).save(good)
+    estimator = KerasFeatureExtractor("VGG16", weights=None, random_state=0, input_size=SIZE,
+                                      on_error=on_error)
+    if on_error == "raise":
+        with pytest.raises(ValueError, match=r"image 1 .*loop\.jpg.*loop of symbolic links"):
+            estimator.fit_transform([str(good), str(loop)])
+    else:
+        with pytest.warns(UserWarning, match="loop of symbolic links"):
+            features = estimator.fit_transform([str(good), str(loop)])
+        assert np.isnan(features[1]).all()
+
+
+# ------------------------------------------------------------------ high-bit-depth files
+@pytest.fixture(scope="module")
+def gray(photo):
+    return np.asarray(Image.fromarray(photo).convert("L"))
+
+
+def test_float_tiff_in_unit_range_is_scaled_to_eight_bits(tmp_path, gray, extractor, classifier):
+    path = tmp_path / "float.tif"
+    Image.fromarray(gray.astype(np.float32) / 255.0).save(path)
+    assert Image.open(path).mode == "F"
+    assert_close(run_both(extractor, classifier, [str(path)]),
+                 extractor.transform(gray[None]))
+
+
+def test_float_tiff_in_eight_bit_range_is_kept(tmp_path, gray, extractor):
+    path = tmp_path / "float255.tif"
+    Image.fromarray(gray.astype(np.float32)).save(path)
+    assert_close(extractor.transform([str(path)]), extractor.transform(gray[None]))
+
+
+def test_float_tiff_of_unknown_scale_is_refused(tmp_path, gray, extractor):
+    path = tmp_path / "float-wide.tif"
+    Image.fromarray(gray.astype(np.float32) * 10 - 5).save(path)
+    with pytest.raises(ValueError, match=r"image 0 .*float-wide\.tif.*\[-5, .*scale"):
+        extractor.transform([str(path)])
+
+
+def test_sixteen_bit_values_in_a_32_bit_tiff_are_scaled_from_16_bits(tmp_path, gray, extractor):
+    path = tmp_path / "int32.tif"
+    Image.fromarray(gray.astype(np.int32) * 257).save(path)
+    assert Image.open(path).mode == "I"
+    assert_close(extractor.transform([str(path)]), extractor.transform(gray[None]))
+
+
+def test_32_bit_tiff_beyond_16_bits_is_refused_saying_how_to_convert(tmp_path, gray, extractor):
+    path = tmp_path / "int32-wide.tif"
+    Image.fromarray(gray.astype(np.int32) * 4000).save(path)
+    with pytest.raises(ValueError, match=r"image 0 .*int32-wide\.tif.*16-bit.*np\.ptp"):
+        extractor.transform([str(path)])
+
+
+# ------------------------------------------------------------------ lazily opened PIL images
+def test_lazily_opened_image_whose_file_was_closed_names_its_index(tmp_path, photo, extractor,
+                                                                   classifier):
+    path = tmp_path / "lazy.png"
+    Image.fromarray(photo).save(path)
+    lazy = Image.open(path)  # not loaded: pixels are read from the file on first use
+    lazy.close()
+    for call in (extractor.transform, classifier.predict):
+        with pytest.raises(ValueError, match=r"image 1\b.*PIL image.*lazy\.png"):
+            call([photo, lazy])
+
+
+def test_lazily_opened_truncated_jpeg_names_its_index(tmp_path, photo, extractor, classifier):
+    lazy = Image.open(_truncated(tmp_path, photo, "jpg"))
+    for call in (extractor.transform, classifier.predict):
+        with pytest.raises(ValueError, match=r"image 1\b.*PIL image.*truncated\.jpg"):
+            call([photo, lazy])
+
+
+# ------------------------------------------------------------------ arrays nobody can see
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0, 3)])
+def test_zero_size_image_in_a_list_is_refused_naming_its_index(photo, extractor, classifier,
+                                                               shape):
+    for call in (extractor.transform, classifier.predict):
+        with pytest.raises(ValueError, match=r"image 1 of X .*at least 1x1"):
+            call([photo, np.zeros(shape, np.uint8)])
+
+
+def test_object_array_is_refused_without_dumping_it(extractor, classifier, photo):
+    pixels = photo[None].astype(object).repeat(3, 0)
+    for call in (extractor.transform, classifier.predict):
+        with pytest.raises(ValueError, match=r"object dtype.*astype\(np\.uint8\)") as error:
+            call(pixels)
+        assert len(str(error.value)) < 300
+
+
+def test_one_column_array_of_paths_is_taken_like_a_one_column_frame(tmp_path, photo,
+                                                                    extractor):
+    path = tmp_path / "p.png"
+    Image.fromarray(photo).save(path)
+    column = np.array([[str(path)], [str(path)]], dtype=object)
+    assert_close(extractor.transform(column), extractor.transform([str(path)] * 2))
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_masked_array_is_refused_saying_what_to_pass(photo, extractor, as_list):
+    pixels = photo[None].astype(np.float32)
+    masked = np.ma.masked_array(pixels, mask=pixels > 200, fill_value=999)
+    with pytest.raises(ValueError, match=r"masked array.*filled\(0\).*\.data"):
+        extractor.transform(list(masked) if as_list else masked)
+
+
+@pytest.mark.parametrize("estimator", [KerasFeatureExtractor, FineTunedClassifier])
+def test_crop_fraction_that_implies_a_huge_source_is_refused(photo, estimator):
+    tiny = estimator("VGG16", weights=None, input_size=SIZE, crop_fraction=1e-4)
+    with pytest.raises(ValueError, match=r"crop_fraction=0\.0001 .*at most 4096"):
+        tiny.fit(np.stack([photo, 255 - photo] * 4), ["a", "b"] * 4)
 
 
 # ------------------------------------------------------------------ labels and sizes

@@ -22,13 +22,33 @@ CROP_SCALE = (0.35, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 
 
+MAX_SOURCE_SIDE = 4096
+"""Largest side images are resized to before their central crop (a float32 batch of eight
+4096 x 4096 images is 1.6 GB)."""
+
+
 def source_size(input_size: tuple[int, int], crop_fraction: float) -> tuple[int, int]:
     """Size images are loaded at so that a central ``crop_fraction`` of them is ``input_size``.
 
     >>> source_size((224, 224), 0.875)
     (256, 256)
+
+    Raises
+    ------
+    ValueError
+        If the source would exceed :data:`MAX_SOURCE_SIDE` pixels a side: every image is
+        resized to it, so a tiny ``crop_fraction`` would allocate terabytes.
     """
-    return tuple(int(round(side / crop_fraction)) for side in input_size)
+    source = tuple(int(round(side / crop_fraction)) for side in input_size)
+    if max(source) > MAX_SOURCE_SIDE:
+        smallest = max(input_size) / MAX_SOURCE_SIDE
+        raise ValueError(
+            f"crop_fraction={crop_fraction!r} would resize every image to {source[0]} x "
+            f"{source[1]} pixels to keep its central {input_size[0]} x {input_size[1]}; the "
+            f"source may be at most {MAX_SOURCE_SIDE} pixels a side, so for this input size "
+            f"crop_fraction must be at least {smallest:.3g} (0.875 is ImageNet's framing)."
+        )
+    return source
 
 
 def central_offsets(source: tuple[Any, Any], size: tuple[Any, Any]) -> tuple[Any, Any]:
