@@ -234,3 +234,165 @@ def test_cache_parameter_rejects_a_file(tmp_path):
     path.write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         extractor(str(path)).fit()
+
+
+# ------------------------------------------------------------------ never another image's features
+def _fresh(images, **params):
+    return extractor(None, **params).fit_transform(images)
+
+
+def assert_features_equal(actual, expected):
+    # Computed in other batches: equal up to float32 summation order.
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_palette_images_with_other_palettes_get_their_own_features(images):
+    indices = Image.fromarray(images[0]).quantize(16)
+    negative = indices.copy()
+    negative.putpalette([255 - v for v in indices.getpalette()])
+    assert indices.tobytes() == negative.tobytes()  # same index bytes, other colours
+    cache = MemoryFeatureCache()
+    extractor(cache).fit_transform([indices])
+    second = extractor(cache).fit_transform([negative])
+    assert_features_equal(second, _fresh([negative.convert("RGB")]))
+    assert cache.misses == 2 and cache.hits == 0
+
+
+def test_pil_image_and_its_rgb_array_share_a_cache_entry(images):
+    cache = MemoryFeatureCache()
+    from_pil = extractor(cache).fit_transform([Image.fromarray(images[0])])
+    from_array = extractor(cache).fit_transform(images[:1])
+    assert cache.hits == 1
+    np.testing.assert_array_equal(from_pil, from_array)
+
+
+def test_parameters_changed_after_fit_are_checked_before_transform(images):
+    cache = MemoryFeatureCache()
+    fitted = extractor(cache).fit()
+    fitted.set_params(batch_size=-1)
+    with pytest.raises(ValueError, match="batch_size=-1"):
+        fitted.transform(images)
+    assert len(cache) == 0
+    assert_features_equal(extractor(cache).fit_transform(images), _fresh(images))
+
+
+def _model_with_output(value: float):
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.Lambda(lambda t: t * 0.0 + value, name="constant")(x)
+    return keras.Model(inputs, x, name=f"constant_{abs(value)}")
+
+
+def test_non_finite_features_never_enter_the_cache(images):
+    cache = MemoryFeatureCache()
+    model = _model_with_output(np.inf)
+    for _ in range(2):
+        features = KerasFeatureExtractor(model, cache=cache).fit_transform(images)
+        assert np.isinf(features).all()
+    assert len(cache) == 0 and cache.hits == 0
+
+
+def test_user_model_trained_after_transform_gets_all_new_features(images):
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(8, 3, name="conv")(inputs / 255.0))
+    cache = MemoryFeatureCache()
+    fitted = KerasFeatureExtractor(model, cache=cache).fit()
+    before = fitted.transform(images[:3])
+    kernel, bias = model.get_layer("conv").get_weights()
+    model.get_layer("conv").set_weights([kernel * -2.0, bias + 1.0])  # "trained further"
+    after = fitted.transform(images)  # three images seen before, three new ones
+    fresh = KerasFeatureExtractor(model, cache=None).fit_transform(images)
+    assert_features_equal(after, fresh)
+    assert not np.allclose(after[:3], before)
+    assert cache.hits == 0
+
+
+def test_disk_entry_replaced_by_another_images_entry_is_not_returned(tmp_path, images):
+    cache = DiskFeatureCache(tmp_path)
+    expected = extractor(cache).fit_transform(images[:2])
+    first, second = (cache._path(key) for key in _keys(images[:2]))
+    first.write_bytes(second.read_bytes())  # a valid entry, of the other image
+    again = extractor(cache).fit_transform(images[:2])
+    assert cache.corrupt == 1 and cache.hits == 1
+    assert_features_equal(again, expected)
+
+
+def test_disk_entry_replaced_by_a_directory_is_a_miss(tmp_path, images):
+    cache = DiskFeatureCache(tmp_path)
+    expected = extractor(cache).fit_transform(images[:2])
+    entry = cache._path(_keys(images[:1])[0])
+    entry.unlink()
+    entry.mkdir()
+    again = extractor(cache).fit_transform(images[:2])
+    assert cache.hits == 1
+    assert_features_equal(again, expected)
+
+
+def _keys(images):
+    from transferkit.cache import image_keys
+    from transferkit.image_input import as_image_collection
+
+    fitted = extractor(None).fit()
+    return image_keys(as_image_collection(images), fitted._fingerprint_)
+
+
+@pytest.mark.parametrize("cache_kind", ["memory", "disk"])
+def test_file_rewritten_with_its_old_size_and_time_misses_the_cache(tmp_path, images,
+                                                                    cache_kind):
+    # BMP files of one size have one byte size; os.utime restores the modification time, as
+    # cp -p, rsync -t and tar x do.
+    path = tmp_path / "photo.bmp"
+    Image.fromarray(images[0]).save(path)
+    before = path.stat()
+    cache = MemoryFeatureCache() if cache_kind == "memory" else DiskFeatureCache(tmp_path / "c")
+    extractor(cache).fit_transform([str(path)])
+    Image.fromarray(images[1]).save(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    assert path.stat().st_mtime_ns == before.st_mtime_ns
+    features = extractor(cache).fit_transform([str(path)])
+    assert_features_equal(features, _fresh(images[1:2]))
+    assert cache.hits == 0
+
+
+def test_a_copied_file_hits_the_entry_of_its_original(tmp_path, images):
+    original = tmp_path / "a.png"
+    Image.fromarray(images[0]).save(original)
+    copy = tmp_path / "copy of a.png"
+    copy.write_bytes(original.read_bytes())
+    cache = MemoryFeatureCache()
+    first = extractor(cache).fit_transform([str(original)])
+    second = extractor(cache).fit_transform([str(copy)])
+    assert cache.hits == 1
+    np.testing.assert_array_equal(first, second)
+
+
+def test_unwritable_cache_directory_warns_once_and_computes(tmp_path, images):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    directory = blocker / "cache"  # cannot be created, not even by root
+    with pytest.warns(UserWarning, match="cannot write to the feature cache directory") as seen:
+        first = extractor(str(directory)).fit_transform(images)
+        second = extractor(str(directory)).fit_transform(images)
+    assert len([w for w in seen if "feature cache directory" in str(w.message)]) == 1
+    assert str(directory) in str(seen[0].message)
+    assert_features_equal(first, _fresh(images))
+    np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root writes into read-only directories")
+def test_read_only_cache_directory_warns_and_computes(tmp_path, images):
+    directory = tmp_path / "read-only"
+    directory.mkdir()
+    directory.chmod(0o500)
+    try:
+        with pytest.warns(UserWarning, match="read-only"):
+            features = extractor(str(directory)).fit_transform(images)
+    finally:
+        directory.chmod(0o700)
+    assert_features_equal(features, _fresh(images))

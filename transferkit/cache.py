@@ -23,18 +23,19 @@ modification time).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 __all__ = [
     "DiskFeatureCache",
@@ -151,8 +152,11 @@ class MemoryFeatureCache:
         )
 
 
-_MAGIC = b"TKFEAT1\n"
-_HEADER = len(_MAGIC) + 16 + 8  # magic, digest of the payload, number of float32 values
+_MAGIC = b"TKFEAT2\n"
+# magic, the entry's own key, digest of the payload, number of float32 values
+_HEADER = len(_MAGIC) + 16 + 16 + 8
+_unwritable_warned: set[str] = set()
+_unwritable_lock = threading.Lock()
 
 
 class DiskFeatureCache:
@@ -160,9 +164,13 @@ class DiskFeatureCache:
 
     Each feature vector is one file named after its key. Writes go to a temporary
     file in the same directory and are moved into place atomically, so a reader
-    never sees a half-written entry; every entry carries a digest of its content,
-    so a corrupt or truncated file is detected, removed and recomputed — never
-    returned.
+    never sees a half-written entry. Every entry carries its own key and a digest of
+    its content: a corrupt, truncated or misplaced entry (another image's, copied
+    over it) is detected, removed and recomputed — never returned. Whatever cannot be
+    read (a directory in an entry's place, a permission error) is a miss.
+
+    The cache is an optimisation: where the directory cannot be written, features are
+    computed as usual and one warning names the directory.
 
     Parameters
     ----------
@@ -174,7 +182,7 @@ class DiskFeatureCache:
     hits, misses : int
         Lookup statistics of this process.
     corrupt : int
-        Damaged entries found (and removed) by this process.
+        Damaged or misplaced entries found (and removed) by this process.
     """
 
     def __init__(self, directory: str | os.PathLike) -> None:
@@ -186,28 +194,38 @@ class DiskFeatureCache:
         name = key.hex()
         return self.directory / name[:2] / f"{name}.feat"
 
-    def _read(self, path: Path) -> np.ndarray | None:
+    def _read(self, key: bytes) -> np.ndarray | None:
+        path = self._path(key)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError:
+            # A directory in the entry's place, or no permission: unusable, so a miss. Not
+            # removed: it is not ours to delete.
+            with self._lock:
+                self.corrupt += 1
+            return None
+        start = len(_MAGIC)
         payload = data[_HEADER:]
         intact = (
             len(data) >= _HEADER
-            and data[: len(_MAGIC)] == _MAGIC
-            and int.from_bytes(data[len(_MAGIC) + 16 : _HEADER], "little") * 4 == len(payload)
-            and _digest(payload) == data[len(_MAGIC) : len(_MAGIC) + 16]
+            and data[:start] == _MAGIC
+            and data[start : start + 16] == key
+            and int.from_bytes(data[start + 32 : _HEADER], "little") * 4 == len(payload)
+            and _digest(payload) == data[start + 16 : start + 32]
         )
         if not intact:
             with self._lock:
                 self.corrupt += 1
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
             return None
         return np.frombuffer(payload, dtype="<f4").astype(np.float32)
 
     def get_many(self, keys: Sequence[bytes]) -> list[np.ndarray | None]:
         """Stored vectors for ``keys`` (``None`` where absent or damaged)."""
-        found = [self._read(self._path(key)) for key in keys]
+        found = [self._read(key) for key in keys]
         with self._lock:
             n_hits = sum(vector is not None for vector in found)
             self.hits += n_hits
@@ -215,22 +233,50 @@ class DiskFeatureCache:
         return found
 
     def put_many(self, items: Iterable[tuple[bytes, np.ndarray]]) -> None:
-        """Write vectors atomically (temporary file, then ``os.replace``)."""
+        """Write vectors atomically (temporary file, then ``os.replace``).
+
+        Where the directory cannot be written, warns once per directory and stores nothing.
+        """
         for key, vector in items:
             payload = np.ascontiguousarray(vector, dtype="<f4").tobytes()
-            blob = (
-                _MAGIC + _digest(payload) + (len(payload) // 4).to_bytes(8, "little") + payload
-            )
+            blob = (_MAGIC + key + _digest(payload) + (len(payload) // 4).to_bytes(8, "little")
+                    + payload)
             path = self._path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".feat")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".feat")
+            except OSError as exc:
+                self._warn_unwritable(exc)
+                return
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(blob)
                 os.replace(tmp, path)
+            except IsADirectoryError:
+                # Something else occupies this one entry's name: leave it, keep the others.
+                Path(tmp).unlink(missing_ok=True)
+                continue
+            except OSError as exc:
+                Path(tmp).unlink(missing_ok=True)
+                self._warn_unwritable(exc)
+                return
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+
+    def _warn_unwritable(self, error: OSError) -> None:
+        where = str(self.directory)
+        with _unwritable_lock:
+            if where in _unwritable_warned:
+                return
+            _unwritable_warned.add(where)
+        warnings.warn(
+            f"transferkit cannot write to the feature cache directory {where!r} "
+            f"({type(error).__name__}: {error.strerror or error}); features are computed as "
+            "usual but not cached there. Pass cache='memory', cache=None or a writable "
+            "directory.",
+            UserWarning, stacklevel=4,
+        )
 
     def clear(self) -> None:
         """Remove every entry of the directory."""
@@ -285,11 +331,27 @@ def resolve_cache(cache: Any) -> MemoryFeatureCache | DiskFeatureCache | None:
 def fingerprint(description: dict[str, Any]) -> bytes:
     """Digest of everything that determines a feature extractor's output."""
     import keras
+    import PIL
 
     from . import __version__
 
-    full = {"transferkit": __version__, "keras": keras.__version__, **description}
+    # Pillow decodes the files: another version's JPEG decoder may give other pixels.
+    full = {"transferkit": __version__, "keras": keras.__version__, "pillow": PIL.__version__,
+            **description}
     return _digest(json.dumps(full, sort_keys=True, default=repr).encode())
+
+
+def _weights_digest(model: Any) -> str:
+    # XXH3 rather than SHA-256: a user's model is keyed by its current weights at every
+    # transform, and XXH3 reads ResNet50's 100 MB of weights in a few milliseconds.
+    import xxhash
+
+    hasher = xxhash.xxh3_128()
+    for array in model.get_weights():
+        array = np.ascontiguousarray(array)
+        hasher.update(f"{array.dtype.str}{array.shape}".encode())
+        hasher.update(memoryview(array).cast("B"))
+    return hasher.hexdigest()
 
 
 def weights_identity(weights: Any, random_state: Any, model: Any = None) -> str | None:
@@ -297,13 +359,13 @@ def weights_identity(weights: Any, random_state: Any, model: Any = None) -> str 
 
     ImageNet weights are identified by name (Keras pins its files per version), a
     file by its resolved path, size and modification time, random weights by their
-    integer seed, and a user's model by a digest of its current weights. Random
+    integer seed, and a user's model by a digest of its current weights (the extractor
+    asks again at every ``transform``, so features always match the weights that made
+    them). Random
     weights without an integer seed differ on every build, so they are never cached.
     """
     if model is not None:
-        digest = _digest(*(memoryview(np.ascontiguousarray(a)).cast("B")
-                           for a in model.get_weights()))
-        return f"model:{model.name}:{digest.hex()}"
+        return f"model:{model.name}:{_weights_digest(model)}"
     if weights is None:
         if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
             return f"random:{int(random_state)}"
@@ -315,54 +377,21 @@ def weights_identity(weights: Any, random_state: Any, model: Any = None) -> str 
     path = Path(os.fspath(weights)).expanduser().resolve()
     if not path.is_file():
         return None  # the build reports the bad value with its own, clearer error
-    stat = path.stat()
-    return f"file:{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    info = path.stat()
+    # The change time too: cp -p, rsync -t and tar x restore the modification time of a
+    # rewritten file, but the kernel sets its change time on every write.
+    return (f"file:{path}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:"
+            f"{info.st_ctime_ns}")
 
 
-def _content_hash(header: bytes, pixels: Any) -> bytes:
-    """Digest of an image's pixel buffer, prefixed by what describes its layout.
+def image_keys(images: Any, model_fingerprint: bytes) -> list[bytes | None]:
+    """One cache key per image of an :class:`~transferkit.image_input.ImageCollection`.
 
-    XXH3-128 reads pixels about 8x faster than SHA-256 (4 ms against 30 ms for 300 images
-    of 224 x 224 here): a grid search keys every image once per fold and candidate. It is
-    not cryptographic: it tells apart the images a user feeds, it is no defence against
-    images crafted to collide. The key then goes through :func:`_digest` with the rest.
+    None for an image whose content cannot be read: it is computed (the loader names the
+    problem) and never stored.
     """
-    import xxhash
-
-    hasher = xxhash.xxh3_128(header)
-    hasher.update(pixels)
-    return hasher.digest()
-
-
-def _array_key(pixels: np.ndarray) -> bytes:
-    pixels = np.ascontiguousarray(pixels)
-    header = f"array:{pixels.dtype.str}:{pixels.shape}".encode()
-    return _content_hash(header, memoryview(pixels).cast("B"))
-
-
-def _item_key(item: Any) -> bytes:
-    if isinstance(item, (str, os.PathLike)):
-        path = Path(os.fspath(item)).resolve()
-        try:
-            stat = path.stat()
-        except OSError:
-            # Unreadable paths get a key that never matches a stored entry twice, so the
-            # loader raises its usual error naming the file.
-            return _digest(f"unreadable:{path}:{os.urandom(8).hex()}".encode())
-        return _digest(f"file:{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    if isinstance(item, Image.Image):
-        header = f"pil:{item.mode}:{item.size}:{item.getexif().get(0x0112)}".encode()
-        return _content_hash(header, item.tobytes())
-    return _array_key(np.asarray(item))
-
-
-def image_keys(images: Any, model_fingerprint: bytes) -> list[bytes]:
-    """One cache key per image of an :class:`~transferkit.image_input.ImageCollection`."""
-    if images.array is not None:
-        content = [_array_key(pixels) for pixels in images.array]
-    else:
-        content = [_item_key(item) for item in images.items]
-    return [_digest(model_fingerprint, key) for key in content]
+    return [None if key is None else _digest(model_fingerprint, key)
+            for key in images.content_keys()]
 
 
 class ModelMemo:

@@ -159,7 +159,9 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         A model of ``keras.applications`` by name, case-insensitive
         (``"resnet50"``, ``"MobileNetV2"``, ...; see :func:`transferkit.list_backbones`),
         or your own ``keras.Model`` with one image input. A model of your own gets no
-        preprocessing: it must contain its own, and its own weights are used.
+        preprocessing: it must contain its own, and its own weights are used, as they are
+        at each ``transform``: train it further and the next ``transform`` computes every
+        image with the new weights (cached features are keyed by the weights that made them).
     weights : {"imagenet"}, None or path, default="imagenet"
         ``"imagenet"`` loads the pretrained weights through Keras' own download and
         cache (``$KERAS_HOME/models``), ``None`` initialises randomly, and a path loads a
@@ -401,6 +403,20 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
             "runtime": self.runtime,
         })
 
+    def _features_fingerprint(self) -> bytes | None:
+        """The cache key's network part for the weights that ``transform`` runs now.
+
+        A ``keras.Model`` of the user's runs with its live weights (TensorFlow runtime), so
+        its key covers the current weights of the built network, read at every call: after
+        the user trains the model further, every image is computed anew, never a mix of old
+        and new features. Every other network is fixed when it is built.
+        """
+        if (self._fingerprint_ is None or self.preprocessing_ != "user_model"
+                or self.runtime != "tensorflow"):
+            return self._fingerprint_
+        current = weights_identity(None, None, model=self.model_)
+        return fingerprint({"built": self._fingerprint_.hex(), "weights": current})
+
     def _assemble(self, weights: Any) -> None:
         self._fingerprint_ = self._fingerprint(weights)
         built = model_memo.get(self._fingerprint_) if self._fingerprint_ is not None else None
@@ -490,29 +506,39 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
             ``n_features`` is ``n_features_out_``. Row ``i`` always belongs to image ``i``.
         """
         self._ensure_built()
+        # set_params may have changed what transform reads (batch_size, cache, on_error...)
+        # since the network was built: check it before it is used.
+        self._validate_params()
         images = as_image_collection(X)
-        out = np.empty((len(images), self.n_features_out_), dtype=np.float32)
-        cache = resolve_cache(self.cache) if self._fingerprint_ is not None else None
+        # NaN until computed: a row nothing wrote can never pass for features.
+        out = np.full((len(images), self.n_features_out_), np.nan, dtype=np.float32)
+        features_key = self._features_fingerprint()
+        cache = resolve_cache(self.cache) if features_key is not None else None
         if cache is None:
             failures = self._compute(images, out)
         else:
-            keys = image_keys(images, self._fingerprint_)
-            missing = []
-            for i, vector in enumerate(cache.get_many(keys)):
+            keys = image_keys(images, features_key)
+            known = [i for i, key in enumerate(keys) if key is not None]
+            missing = [i for i, key in enumerate(keys) if key is None]
+            for i, vector in zip(known, cache.get_many([keys[i] for i in known]), strict=True):
                 if vector is None or vector.shape != (self.n_features_out_,):
                     missing.append(i)
                 else:
                     out[i] = vector
+            missing.sort()
             failures = []
             if missing:
                 logger.debug("feature cache: %d of %d images to compute", len(missing),
                              len(images))
-                fresh = np.empty((len(missing), self.n_features_out_), dtype=np.float32)
+                fresh = np.full((len(missing), self.n_features_out_), np.nan, dtype=np.float32)
                 failures = self._compute(images.take(missing), fresh)
                 out[missing] = fresh
                 failed = {position for position, _ in failures}
+                # Only what the network computed, and only finite values: a NaN or inf in the
+                # cache would reach every later extractor of the same network.
                 cache.put_many((keys[i], row) for i, row in zip(missing, fresh, strict=True)
-                               if i not in failed)
+                               if keys[i] is not None and i not in failed
+                               and np.isfinite(row).all())
         if failures:
             listing = "; ".join(message for _, message in failures[:20])
             more = f" (and {len(failures) - 20} more)" if len(failures) > 20 else ""
