@@ -71,3 +71,11 @@ def test_memory_reports_peak_resident_memory_for_both_sizes():
     assert report["large_images"] == 10 * report["small_images"]
     assert positive(report["peak_rss_small_mib"]) and positive(report["peak_rss_large_mib"])
     assert isinstance(report["grows_only_by_output"], bool)
+
+
+def test_cache_keys_reports_content_and_stat_keys_against_decoding():
+    report = run_benchmark("cache_keys.py")
+    assert report["images"] == 20
+    for key in ("stat_key_us", "content_key_first_us", "content_key_again_us", "decode_us",
+                "first_key_over_decode"):
+        assert positive(report[key]), key

@@ -304,7 +304,7 @@ def _array_key(pixels: np.ndarray) -> bytes:
     return _content_hash(header, memoryview(pixels).cast("B"))
 
 
-class _FileDigests:
+class FileDigests:
     """Digests of file contents, remembered per file version.
 
     A file version is its device, inode, size, modification time and change time. The
@@ -345,7 +345,7 @@ class _FileDigests:
         return digest
 
 
-_file_digests = _FileDigests()
+_file_digests = FileDigests()
 
 
 def content_key(item: Any) -> bytes | None:
