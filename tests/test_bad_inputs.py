@@ -300,6 +300,19 @@ def test_named_pipe_under_on_error_nan_is_a_nan_row(tmp_path, photo, fifo):
     assert np.isnan(features[1]).all() and np.isfinite(features[0]).all()
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero here")
+def test_device_that_streams_forever_is_refused(extractor):
+    with pytest.raises(ValueError, match=r"image 0 .*/dev/zero.*character device"):
+        _finishes(extractor.transform, ["/dev/zero"])
+
+
+def test_dangling_symlink_is_a_missing_file_naming_index_and_path(tmp_path, photo, extractor):
+    dangling = tmp_path / "gone.jpg"
+    dangling.symlink_to(tmp_path / "never-there.jpg")
+    with pytest.raises(FileNotFoundError, match=r"image 0 .*gone\.jpg"):
+        extractor.transform([str(dangling)])
+
+
 @pytest.mark.parametrize("on_error", ["raise", "nan"])
 def test_symlink_loop_is_an_image_error_naming_index_and_path(tmp_path, photo, on_error):
     loop = tmp_path / "loop.jpg"
