@@ -191,6 +191,15 @@ def test_missing_image_exits_1_naming_it(tmp_path):
     assert f"image '{tmp_path / 'nope.jpg'}' does not exist" in result.stderr
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+def test_named_pipe_exits_1_saying_it_is_a_pipe_not_missing(tmp_path):
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)
+    result = run_cli("extract", pipe, "-o", tmp_path / "f.npz", *SMALL)
+    assert result.returncode == 1
+    assert "named pipe" in result.stderr and "does not exist" not in result.stderr
+
+
 def test_malformed_command_line_exits_2():
     result = run_cli("extract", "x.jpg", "-o", "f.npz", "--weights", "/no/such/file.h5")
     assert result.returncode == 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -203,6 +204,9 @@ def _image_files(arguments: Sequence[str]) -> list[str]:
                 )
             files.extend(found)
         elif path.is_file():
+            files.append(str(path))
+        elif os.path.lexists(path):
+            # A pipe, a device or a symbolic-link loop: the loader refuses it, saying which.
             files.append(str(path))
         else:
             raise UsageError(f"image {argument!r} does not exist.")
