@@ -607,20 +607,26 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         return state
 
     def __setstate__(self, state: dict) -> None:
+        from .persistence import fill_absent
+
         weights = state.pop("_fitted_weights", None)
-        # Extractors saved before crop_fraction existed saw the whole image.
-        state.setdefault("crop_fraction", 1.0)
-        state.setdefault("runtime", "tensorflow")
-        if "input_size_" in state:
-            state.setdefault("source_size_", state["input_size_"])
+        # An extractor pickled or saved before a parameter existed gets the value that
+        # reproduces what it did then (crop_fraction=1.0: the whole image).
+        fill_absent("KerasFeatureExtractor", state)
         super().__setstate__(state)
         if weights is not None:
             # Rebuild the architecture without fetching any weights, then restore the saved
-            # ones. The memo is bypassed: this model's weights are the pickled ones.
-            fingerprint_ = self._fingerprint_
-            (self.model_, self._forward, *_) = self._build_model(None, with_forward=False)
+            # ones. The memo is bypassed: this model's weights are the pickled ones. What the
+            # build determines is taken from the build, not from the state, so that the
+            # network and the attributes describing it cannot disagree.
+            (self.model_, _, self.backbone_name_, self.cut_layer_, self.input_size_,
+             self.source_size_, self.preprocessing_, self.n_features_out_) = self._build_model(
+                None, with_forward=False)
+            if callable(weights):
+                # transferkit.load: the file's weights are read only once the network they
+                # must fit is known, so that their declared shapes are checked first.
+                weights = weights(self.model_)
             self.model_.set_weights(weights)
             # The folded (or converted) copy holds its own weights: make it from the restored
             # ones.
             self._forward = self._forward_for(self.model_, self.source_size_)
-            self._fingerprint_ = fingerprint_

@@ -28,7 +28,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from .extractor import _ForwardPass, _is_keras_model, _make_forward, seeded_keras_init
 from .image_input import ImageCollection, as_image_collection
 from .openvino_runtime import check_runtime, make_openvino_forward
-from .persistence import SaveMixin
+from .persistence import SaveMixin, fill_absent
 
 __all__ = ["FineTunedClassifier"]
 
@@ -1004,9 +1004,15 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
 
     def __setstate__(self, state: dict) -> None:
         weights = state.pop("_fitted_weights", None)
-        state.setdefault("runtime", "tensorflow")  # saved before the parameter existed
+        # A classifier pickled or saved before a parameter existed gets the value that
+        # reproduces what it did then (crop_fraction=1.0: the whole image).
+        fill_absent("FineTunedClassifier", state)
         super().__setstate__(state)
         if weights is not None:
             self._build(None, len(self.classes_), self._seeds)
+            if callable(weights):
+                # transferkit.load: the file's weights are read only once the network they
+                # must fit is known, so that their declared shapes are checked first.
+                weights = weights(self.model_)
             self.model_.set_weights(weights)
             self._use_runtime()

@@ -2,26 +2,41 @@
 
 ``joblib.dump`` / ``pickle`` keep working for every estimator and pipeline, but
 unpickling a file can execute arbitrary code, so a pickle must only ever come from a
-trusted source. :func:`save` and :func:`load` use a format that holds data only:
+trusted source. :func:`save` and :func:`load` use a format that holds data only, a zip
+file (see :mod:`transferkit.model_file` for its bytes) of:
 
-* one zip file holding ``manifest.json`` and, for a fitted estimator, ``weights.npz``;
-* ``manifest.json`` records the format version, the versions of transferkit, Keras,
-  TensorFlow, NumPy and scikit-learn that wrote it, the estimator's class *name* (one of
-  :data:`ESTIMATORS`, never an importable path), its parameters and its fitted
-  attributes as JSON, and the size and SHA-256 digest of ``weights.npz``;
-* ``weights.npz`` holds the network's weights (``model_.get_weights()`` order), read
-  back with ``allow_pickle=False``.
+* ``manifest.json``: the format version, the versions of transferkit, Keras, TensorFlow,
+  NumPy and scikit-learn that wrote it, the estimator's class *name* (one of
+  :data:`ESTIMATORS`, never an importable path), its parameters and its fitted attributes
+  as JSON, the shape and dtype of every weight, and the size and SHA-256 digest of
+  ``weights.npz``;
+* ``manifest.sha256``: the SHA-256 digest of ``manifest.json``. A zip tool that edits the
+  manifest recomputes its CRC but not this digest, so an edited manifest is refused;
+* ``weights.npz``, for a fitted estimator: the network's weights (``model_.get_weights()``
+  order), never read with pickles allowed.
 
-Loading checks the structure, the format version and every digest before it uses
-anything, rebuilds the network with random weights (no download, no network access)
-through the same code path as unpickling, and sets the saved weights, which Keras checks
-against the rebuilt architecture. A truncated, damaged or edited file raises
-:class:`ModelFileError` naming the file and the problem; a file written by another
-transferkit version loads with a :class:`FileVersionWarning` naming both versions.
+Loading checks the structure, the manifest's digest and the format version before it
+uses anything; rebuilds the network from the parameters with random weights (no download,
+no network access) through the same ``__setstate__`` as unpickling; checks the shapes and
+dtypes the file declares, and the ``.npy`` header of every weight, against that network
+before any weight data is read; sets the weights; then checks that the fitted attributes
+of the file are those the rebuilt network has and runs it once on a blank image. Any
+truncated, damaged, edited or inconsistent file raises :class:`ModelFileError` naming the
+file and the problem.
 
-Files are written atomically: to a temporary file in the destination folder, flushed
-to disk, then moved over the destination with :func:`os.replace`. A crash or error while
-saving leaves the previous file at that path untouched and no partial file behind it.
+Versions. :data:`FORMAT_VERSION` changes with every change to what a file holds (a member,
+a field, a parameter or attribute of an estimator). A file of an older format loads with a
+:class:`FileVersionWarning`; a parameter it lacks gets the value from
+:data:`VALUES_BEFORE_THEY_EXISTED`, the value that reproduces what the estimator did before
+the parameter existed (``crop_fraction=1.0``: the whole image), so that it gives the output
+it gave when it was saved. Unpickling uses the same table. A file of a newer format is
+refused. A file written by another transferkit version warns naming both.
+
+Writing. A file never chooses where the library writes: an extractor saved with an on-disk
+``cache`` directory is loaded with ``cache="memory"`` and a warning, unless the caller passes
+``load(path, cache=...)``. Files are written atomically, to a temporary file in the
+destination folder moved into place, and a save removes the temporaries an earlier save of
+the same file left when its process was killed (see :func:`save`).
 
 Examples
 --------
@@ -35,26 +50,37 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
-import io
+import copy
+import inspect
 import json
-import math
-import numbers
 import os
 import reprlib
-import stat
-import tempfile
 import warnings
-import zipfile
 from importlib import metadata
 from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
 
+from .model_file import (
+    MANIFEST,
+    MANIFEST_DIGEST,
+    MAX_MANIFEST_BYTES,
+    WEIGHTS,
+    ModelArchive,
+    ModelFileError,
+    digest_line,
+    read_declared_weights,
+    read_sealed_member,
+    sha256,
+    write_archive,
+)
+from .plain_data import Unrepresentable, decode_mapping, encode
+
 __all__ = [
     "ESTIMATORS",
     "FORMAT_VERSION",
+    "VALUES_BEFORE_THEY_EXISTED",
     "FileVersionWarning",
     "ModelFileError",
     "load",
@@ -62,147 +88,74 @@ __all__ = [
 ]
 
 FORMAT_NAME = "transferkit.estimator"
-FORMAT_VERSION = 1
-"""Version of the file layout; bumped whenever a reader of the previous one would misread it."""
+FORMAT_VERSION = 2
+"""Version of what a file holds, raised by every change to it: a member, a manifest field,
+a parameter or a fitted attribute of an estimator (then also give the new parameter its
+entry in :data:`VALUES_BEFORE_THEY_EXISTED`, and add fixtures of the new format to
+``tests/fixtures``).
+
+1. transferkit 0.1.0 up to 7e53f7b: no digest of the manifest; files of that format lack
+   the parameters added while it was current (see :data:`VALUES_BEFORE_THEY_EXISTED`).
+2. ``manifest.sha256``; every parameter of the estimator is in the file.
+"""
 
 ESTIMATORS = ("KerasFeatureExtractor", "FineTunedClassifier")
 """The only classes a file may name. A name, never a module path: loading imports nothing
 that the file chooses."""
 
-_MANIFEST = "manifest.json"
-_WEIGHTS = "weights.npz"
-# A manifest is a few kilobytes; the cap stops a crafted file from making load() read
-# gigabytes into memory before any check has run.
-_MAX_MANIFEST_BYTES = 16 * 2**20
-_TAG = "__type__"
-_ARRAY_KINDS = "biufUSO"  # bool, int, uint, float, str, bytes, object (of scalars)
-# Fixed timestamps make two saves of the same estimator byte-identical.
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+VALUES_BEFORE_THEY_EXISTED: dict[str, dict[str, Any]] = {
+    "KerasFeatureExtractor": {
+        # 83565a6, the feature cache: nothing was cached before it. Without a fingerprint
+        # nothing is, which is right for an old estimator: its weights need not be those a
+        # fresh build with its parameters gives, so its features must not share a cache key.
+        "cache": None,
+        "_fingerprint_": None,
+        "precision": "float32",  # 83565a6
+        "on_error": "raise",  # 270a115
+        "crop_fraction": 1.0,  # f5342cf: the whole image was resized to the input size
+        "runtime": "tensorflow",  # 29e4772
+    },
+    "FineTunedClassifier": {
+        "head_init": "adam",  # f2c7f56: the head was trained by Adam
+        "crop_fraction": 1.0,  # 188a806: the whole image was resized to the input size
+        "head_views": 0,  # 188a806: the head learned from the images alone
+        "runtime": "tensorflow",  # 93a9096
+    },
+}
+"""For each estimator, parameters and attributes added after its first release, mapped to
+the value that reproduces what it did before they existed. What a file or a pickle lacks is
+filled from here (:func:`fill_absent`), by :func:`load` and by ``__setstate__`` alike."""
 
-
-class ModelFileError(ValueError):
-    """A file cannot be loaded: not a transferkit file, truncated, damaged or edited."""
+_UNSET: Any = object()
 
 
 class FileVersionWarning(UserWarning):
-    """A file was written by a different transferkit version than the one loading it."""
+    """A file was written in an older format, or by another transferkit version."""
 
 
-class _Unrepresentable(ValueError):
-    """A value with no JSON form; ``where`` says which parameter or attribute holds it."""
+def fill_absent(estimator: str, state: dict[str, Any], keys: Any = None) -> list[str]:
+    """Give ``state`` the values of :data:`VALUES_BEFORE_THEY_EXISTED` it lacks.
 
-    def __init__(self, where: str, value: Any) -> None:
-        super().__init__(where)
-        self.where = where
-        self.value = value
+    Parameters
+    ----------
+    estimator : str
+        The class name, one of :data:`ESTIMATORS`.
+    state : dict
+        Parameters and attributes, updated in place.
+    keys : collection of str, default=None
+        Fill only these names (None: all of the table).
 
-
-# ---------------------------------------------------------------------- JSON encoding
-def _encode(value: Any, where: str) -> Any:
-    """A JSON-compatible form of ``value``; containers and non-JSON scalars are tagged.
-
-    Every dict of the output is a tag (``{"__type__": ...}``), so decoding never has to
-    guess whether a dict was data or an encoded value.
+    Returns
+    -------
+    filled : list of str
+        The names that were absent and were filled.
     """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        number = float(value)
-        # Strict JSON has no NaN or infinity (a diverged loss in history_ can be either).
-        return number if math.isfinite(number) else {_TAG: "float", "value": repr(number)}
-    if isinstance(value, list):
-        return [_encode(item, f"{where}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, tuple):
-        return {_TAG: "tuple", "items": [_encode(item, f"{where}[{i}]")
-                                        for i, item in enumerate(value)]}
-    if isinstance(value, dict):
-        return {_TAG: "dict", "items": [[_encode(key, f"{where} key {key!r}"),
-                                         _encode(item, f"{where}[{key!r}]")]
-                                        for key, item in value.items()]}
-    if isinstance(value, PurePath):
-        return {_TAG: "path", "value": str(value)}
-    if isinstance(value, bytes):
-        return {_TAG: "bytes", "hex": value.hex()}
-    if isinstance(value, np.ndarray) and value.dtype.kind in _ARRAY_KINDS:
-        items = value.ravel().tolist()
-        if value.dtype.kind == "O" and not all(
-            item is None or isinstance(item, (bool, int, float, str, bytes)) for item in items
-        ):
-            raise _Unrepresentable(where, value)
-        return {_TAG: "ndarray", "dtype": value.dtype.str, "shape": list(value.shape),
-                "items": [_encode(item, f"{where}[{i}]") for i, item in enumerate(items)]}
-    raise _Unrepresentable(where, value)
-
-
-def _decode(value: Any, where: str) -> Any:
-    """Inverse of :func:`_encode`; anything it did not produce raises ModelFileError."""
-    if value is None or isinstance(value, (bool, str, int, float)):
-        return value
-    if isinstance(value, list):
-        return [_decode(item, where) for item in value]
-    if not isinstance(value, dict):
-        raise ModelFileError(f"{where}: unexpected JSON value {reprlib.repr(value)}.")
-    tag = value.get(_TAG)
-    try:
-        if tag == "tuple":
-            return tuple(_decode(item, where) for item in _field(value, "items", list))
-        if tag == "dict":
-            pairs = _field(value, "items", list)
-            if not all(isinstance(pair, list) and len(pair) == 2 for pair in pairs):
-                raise TypeError("items must be [key, value] pairs")
-            return {_decode(key, where): _decode(item, where) for key, item in pairs}
-        if tag == "float":
-            text = _field(value, "value", str)
-            if text not in ("nan", "inf", "-inf"):
-                raise TypeError(f"{text!r} is not 'nan', 'inf' or '-inf'")
-            return float(text)
-        if tag == "path":
-            return Path(_field(value, "value", str))
-        if tag == "bytes":
-            return bytes.fromhex(_field(value, "hex", str))
-        if tag == "ndarray":
-            return _decode_array(value, where)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ModelFileError):
-            raise
-        raise ModelFileError(f"{where}: malformed {tag!r} value ({exc}).") from exc
-    # Notably a "pickle" or "object" tag: the format has no way to express code.
-    raise ModelFileError(
-        f"{where}: {reprlib.repr(value)} is not a value transferkit writes (unknown type tag "
-        f"{tag!r}); the file was edited or not written by transferkit.persistence.save."
-    )
-
-
-def _field(value: dict, key: str, kind: type) -> Any:
-    item = value.get(key)
-    if not isinstance(item, kind):
-        raise TypeError(f"field {key!r} must be a {kind.__name__}, got {reprlib.repr(item)}")
-    return item
-
-
-def _decode_array(value: dict, where: str) -> np.ndarray:
-    dtype = np.dtype(_field(value, "dtype", str))
-    if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None:
-        raise ValueError(f"dtype {dtype.str!r} is not one transferkit writes")
-    shape = tuple(_field(value, "shape", list))
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
-        raise ValueError(f"shape {shape!r} must hold non-negative integers")
-    items = [_decode(item, where) for item in _field(value, "items", list)]
-    if not all(item is None or isinstance(item, (bool, int, float, str, bytes))
-               for item in items):
-        raise ValueError("array items must be scalars")
-    if len(items) != math.prod(shape):
-        raise ValueError(f"{len(items)} items do not fill shape {shape}")
-    array = np.empty(len(items), dtype=dtype)
-    # Element by element: np.array(items) would turn equal-length strings of an object
-    # array into a character grid, and silently reshape nested data.
-    for i, item in enumerate(items):
-        array[i] = item
-    return array.reshape(shape)
+    filled = []
+    for key, value in VALUES_BEFORE_THEY_EXISTED[estimator].items():
+        if key not in state and (keys is None or key in keys):
+            state[key] = copy.deepcopy(value)
+            filled.append(key)
+    return filled
 
 
 # ---------------------------------------------------------------------- helpers
@@ -213,7 +166,7 @@ def _estimator_classes() -> dict[str, type]:
 
     classes = {"KerasFeatureExtractor": KerasFeatureExtractor,
                "FineTunedClassifier": FineTunedClassifier}
-    assert set(classes) == set(ESTIMATORS)
+    assert set(classes) == set(ESTIMATORS) == set(VALUES_BEFORE_THEY_EXISTED)
     return classes
 
 
@@ -236,11 +189,7 @@ def _versions() -> dict[str, str | None]:
     }
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _unrepresentable_error(estimator: Any, error: _Unrepresentable) -> ValueError:
+def _unrepresentable_error(estimator: Any, error: Unrepresentable) -> ValueError:
     value = error.value
     if isinstance(value, (np.random.RandomState, np.random.Generator)):
         hint = "pass an integer seed instead (it gives the same reproducibility)"
@@ -257,11 +206,8 @@ def _unrepresentable_error(estimator: Any, error: _Unrepresentable) -> ValueErro
     )
 
 
-def _zip_info(name: str) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
-    info.compress_type = zipfile.ZIP_STORED  # weights barely compress; storing is fast
-    info.external_attr = (stat.S_IFREG | 0o644) << 16
-    return info
+def _parameter_names(cls: type) -> set[str]:
+    return {name for name in inspect.signature(cls.__init__).parameters if name != "self"}
 
 
 # ---------------------------------------------------------------------- save
@@ -291,6 +237,14 @@ def save(estimator: Any, path: str | os.PathLike) -> Path:
         behaviour would be lost on load).
     ValueError
         If a parameter or attribute is not plain data, naming it.
+
+    Notes
+    -----
+    The file is written to a temporary ``.NAME.XXXXXXXX.tmp`` beside ``path`` and moved
+    over it, so a crash never leaves a partial file at ``path``. A process killed while
+    saving leaves its temporary behind; the next save to the same ``path`` removes every
+    such temporary not modified for :data:`~transferkit.model_file.STALE_TEMPORARY_SECONDS`
+    (an hour), and leaves younger ones, which may belong to a save still running.
     """
     classes = _estimator_classes()
     name = type(estimator).__name__
@@ -310,9 +264,9 @@ def save(estimator: Any, path: str | os.PathLike) -> Path:
     params = estimator.get_params(deep=False)
     attributes = {key: value for key, value in state.items() if key not in params}
     try:
-        encoded_params = {key: _encode(value, key) for key, value in params.items()}
-        encoded_attributes = {key: _encode(value, key) for key, value in attributes.items()}
-    except _Unrepresentable as error:
+        encoded_params = {key: encode(value, key) for key, value in params.items()}
+        encoded_attributes = {key: encode(value, key) for key, value in attributes.items()}
+    except Unrepresentable as error:
         raise _unrepresentable_error(estimator, error) from None
 
     members: dict[str, bytes] = {}
@@ -328,66 +282,30 @@ def save(estimator: Any, path: str | os.PathLike) -> Path:
         "members": {},
     }
     if weights is not None:
+        import io
+
         arrays = [np.asarray(w) for w in weights]
         buffer = io.BytesIO()
         np.savez(buffer, **{f"w{i:05d}": a for i, a in enumerate(arrays)})
-        members[_WEIGHTS] = buffer.getvalue()
+        members[WEIGHTS] = buffer.getvalue()
         manifest["weights"] = [{"shape": list(a.shape), "dtype": a.dtype.str} for a in arrays]
     manifest["members"] = {
-        member: {"size": len(data), "sha256": _sha256(data)} for member, data in members.items()
+        member: {"size": len(data), "sha256": sha256(data)} for member, data in members.items()
     }
     manifest_bytes = json.dumps(manifest, indent=1, allow_nan=False).encode("utf-8")
-    _write_atomically(path, [(_MANIFEST, manifest_bytes), *members.items()])
+    write_archive(path, [(MANIFEST, manifest_bytes),
+                         (MANIFEST_DIGEST, digest_line(manifest_bytes)), *members.items()])
     return path
 
 
-def _write_atomically(path: Path, members: list[tuple[str, bytes]]) -> None:
-    """Zip ``members`` into a temporary file beside ``path``, sync it, move it into place."""
-    directory = path.parent if str(path.parent) else Path(".")
-    # Same folder as the destination: os.replace is only atomic within one file system.
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            with zipfile.ZipFile(handle, "w") as archive:
-                for member, data in members:
-                    archive.writestr(_zip_info(member), data)
-            handle.flush()
-            # On disk before the rename: otherwise a power cut could leave the new name
-            # pointing at an empty file.
-            os.fsync(handle.fileno())
-        # mkstemp creates the file readable by its owner only; keep the mode a file saved
-        # in place would have had.
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _sync_directory(directory)
-
-
-def _sync_directory(directory: Path) -> None:
-    # Makes the rename itself durable. Not possible on every platform (Windows cannot
-    # open a directory); the file is complete either way.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # ---------------------------------------------------------------------- load
-def load(path: str | os.PathLike, *, estimator_class: type | None = None) -> Any:
+def load(path: str | os.PathLike, *, estimator_class: type | None = None,
+         cache: Any = _UNSET) -> Any:
     """Load an estimator written by :func:`save`, without running code from the file.
 
-    The file's structure, format version and digests are checked before anything in it
-    is used; the network is rebuilt from random weights (nothing is downloaded) and the
-    saved weights are set into it.
+    The file's structure, the digest of its manifest and its format version are checked
+    before anything in it is used; the network is rebuilt from random weights (nothing is
+    downloaded), the file's weights are checked against it and set into it.
 
     Parameters
     ----------
@@ -395,6 +313,12 @@ def load(path: str | os.PathLike, *, estimator_class: type | None = None) -> Any
         A file written by :func:`save`.
     estimator_class : type, default=None
         If given, the file must hold an estimator of exactly this class.
+    cache : "memory", None or path, default: the file's unless it is a directory
+        The ``cache`` of a loaded :class:`KerasFeatureExtractor`. A file does not choose
+        where the library writes: one saved with a cache directory loads with
+        ``cache="memory"`` and a warning, unless that directory (or another) is passed here.
+        A :class:`FineTunedClassifier` has no cache directory: passing ``cache`` for one is
+        an error.
 
     Returns
     -------
@@ -404,69 +328,60 @@ def load(path: str | os.PathLike, *, estimator_class: type | None = None) -> Any
     Raises
     ------
     ModelFileError
-        If the file is not a transferkit file, is truncated or damaged, was edited,
-        comes from a newer format version, or holds another class than
-        ``estimator_class``.
+        If the file is not a transferkit file, is truncated or damaged, was edited, does
+        not describe a network its weights fit, comes from a newer format version, or
+        holds another class than ``estimator_class``.
     FileNotFoundError
         If ``path`` does not exist.
+    ValueError
+        If ``cache`` is passed for a file holding a :class:`FineTunedClassifier`.
 
     Warns
     -----
     FileVersionWarning
-        If the file was written by another transferkit version.
+        If the file was written in an older format or by another transferkit version.
+    UserWarning
+        If the file's extractor had a cache directory, which is not used.
     """
     path = Path(os.fspath(path)).expanduser()
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise ModelFileError(
-            f"{str(path)!r} is not a transferkit model file, or it is truncated ({exc}). "
-            f"Files written by transferkit.persistence.save are zip archives; a file written "
-            f"by joblib.dump must be loaded with joblib.load (only from a trusted source)."
-        ) from exc
-    with archive:
-        return _load_archive(archive, path, estimator_class)
+    with ModelArchive(path) as archive:
+        return _load_archive(archive, estimator_class, cache)
 
 
-def _read_member(archive: zipfile.ZipFile, path: Path, member: str, limit: int) -> bytes:
-    info = archive.getinfo(member)
-    if info.file_size > limit:
+def _read_manifest(archive: ModelArchive) -> tuple[dict, bool]:
+    """The parsed manifest, its digest checked where the file has one; and whether it has."""
+    where = archive.where
+    if MANIFEST not in archive.names:
         raise ModelFileError(
-            f"{str(path)!r}: member {member!r} claims {info.file_size} bytes, more than the "
-            f"{limit} expected; the file was edited or not written by transferkit."
+            f"{where} is a zip file without {MANIFEST!r}: not a file written by "
+            f"transferkit.save (a Keras '.keras' file? load it with keras.saving.load_model; "
+            f"features from 'transferkit extract'? load them with numpy.load)."
+        )
+    data = archive.read(MANIFEST, limit=MAX_MANIFEST_BYTES)
+    sealed = MANIFEST_DIGEST in archive.names
+    if sealed and archive.read(MANIFEST_DIGEST, limit=256) != digest_line(data):
+        raise ModelFileError(
+            f"{where}: {MANIFEST} does not match the SHA-256 digest in {MANIFEST_DIGEST}; it "
+            f"was edited or damaged after the file was saved, and an edited manifest can make "
+            f"the estimator compute something else than what was saved. Restore the file from "
+            f"a copy or save the estimator again."
         )
     try:
-        # zipfile checks each member's CRC-32 while reading it.
-        return archive.read(member)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise ModelFileError(
-            f"{str(path)!r}: member {member!r} is damaged ({exc}); the file was corrupted "
-            f"after it was written. Restore it from a copy or save the estimator again."
-        ) from exc
-
-
-def _load_archive(archive: zipfile.ZipFile, path: Path, estimator_class: type | None) -> Any:
-    where = repr(str(path))
-    names = archive.namelist()
-    if _MANIFEST not in names:
-        raise ModelFileError(
-            f"{where} is a zip file without {_MANIFEST!r}: not a file written by "
-            f"transferkit.persistence.save (a Keras '.keras' file? load it with "
-            f"keras.saving.load_model)."
-        )
-    if len(names) != len(set(names)):
-        raise ModelFileError(f"{where} holds the same member twice; the file was edited.")
-
-    try:
-        manifest = json.loads(_read_member(archive, path, _MANIFEST, _MAX_MANIFEST_BYTES))
+        manifest = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ModelFileError(f"{where}: {_MANIFEST} is not valid JSON ({exc}).") from exc
+        raise ModelFileError(f"{where}: {MANIFEST} is not valid JSON ({exc}).") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ModelFileError(
-            f"{where}: {_MANIFEST} does not describe a transferkit estimator (its 'format' "
+            f"{where}: {MANIFEST} does not describe a transferkit estimator (its 'format' "
             f"is not {FORMAT_NAME!r})."
         )
-    _check_versions(manifest, where)
+    return manifest, sealed
+
+
+def _load_archive(archive: ModelArchive, estimator_class: type | None, cache: Any) -> Any:
+    where = archive.where
+    manifest, sealed = _read_manifest(archive)
+    version = _check_versions(manifest, where, sealed)
 
     name = manifest.get("estimator")
     if name not in ESTIMATORS:
@@ -477,32 +392,35 @@ def _load_archive(archive: zipfile.ZipFile, path: Path, estimator_class: type | 
     if estimator_class is not None and estimator_class.__name__ != name:
         raise ModelFileError(
             f"{where} holds a {name}, not a {estimator_class.__name__}; load it with "
-            f"transferkit.persistence.load(path) and no estimator_class."
+            f"transferkit.load(path) and no estimator_class."
         )
 
     members = manifest.get("members")
     fitted = manifest.get("fitted")
     if not isinstance(fitted, bool) or not isinstance(members, dict):
-        raise ModelFileError(f"{where}: {_MANIFEST} lacks a valid 'fitted' flag or 'members'.")
-    expected = {_WEIGHTS} if fitted else set()
-    if set(members) != expected or set(names) != expected | {_MANIFEST}:
+        raise ModelFileError(f"{where}: {MANIFEST} lacks a valid 'fitted' flag or 'members'.")
+    expected = {WEIGHTS} if fitted else set()
+    structure = expected | {MANIFEST} | ({MANIFEST_DIGEST} if version >= 2 else set())
+    if set(members) != expected or set(archive.names) != structure:
         raise ModelFileError(
-            f"{where} holds members {sorted(names)} and its manifest lists "
-            f"{sorted(members)}; a {'fitted' if fitted else 'unfitted'} {name} file holds "
-            f"exactly {sorted(expected | {_MANIFEST})}. The file was edited or damaged."
+            f"{where} holds members {sorted(archive.names)} and its manifest lists "
+            f"{sorted(members)}; a {'fitted' if fitted else 'unfitted'} {name} file of format "
+            f"version {version} holds exactly {sorted(structure)}. The file was edited or "
+            f"damaged."
         )
-    contents = {member: _verified_member(archive, path, member, members[member])
-                for member in sorted(expected)}
 
-    params = _decode_mapping(manifest.get("params"), f"{where} params")
-    attributes = _decode_mapping(manifest.get("attributes"), f"{where} attributes")
+    # Damage to the weights is found before anything is built from the file.
+    weights = read_sealed_member(archive, WEIGHTS, members[WEIGHTS]) if fitted else b""
+
+    params = decode_mapping(manifest.get("params"), f"{where} params")
+    attributes = decode_mapping(manifest.get("attributes"), f"{where} attributes")
     overlap = sorted(set(params) & set(attributes))
     if overlap or not all(key.isidentifier() for key in (*params, *attributes)):
-        raise ModelFileError(f"{where}: malformed parameter or attribute names in {_MANIFEST}.")
-    weights = (_read_weights(contents[_WEIGHTS], manifest.get("weights"), where)
-               if fitted else None)
+        raise ModelFileError(f"{where}: malformed parameter or attribute names in {MANIFEST}.")
 
     cls = _estimator_classes()[name]
+    _complete(name, cls, params, attributes, fitted, manifest, where)
+    _choose_cache(name, params, cache, where)
     try:
         estimator = cls(**params)
     except TypeError as exc:
@@ -511,21 +429,147 @@ def _load_archive(archive: zipfile.ZipFile, path: Path, estimator_class: type | 
             f"{_provenance(manifest)}"
         ) from exc
     state = {**estimator.__dict__, **attributes}
-    if weights is not None:
-        state["_fitted_weights"] = weights
+    if fitted:
+        state["_fitted_weights"] = _WeightsFromFile(where, weights, manifest, name)
     try:
-        # The unpickling path: rebuilds the architecture without fetching any weights and
-        # sets the saved ones, which Keras checks against it (count and shapes).
+        # The unpickling path: rebuilds the architecture without fetching any weights, has
+        # _WeightsFromFile check the file against it and read the weights, and sets them.
         estimator.__setstate__(state)
+    except ModelFileError:
+        raise
     except Exception as exc:  # rebuilding from file data: any failure means a bad file
         raise ModelFileError(
             f"{where}: could not rebuild the {name} it describes ({type(exc).__name__}: "
             f"{exc}). {_provenance(manifest)}"
         ) from exc
+    _check_rebuilt(estimator, attributes, where)
+    if fitted:
+        _check_forward(estimator, where)
     return estimator
 
 
-def _check_versions(manifest: dict, where: str) -> None:
+def _complete(name: str, cls: type, params: dict, attributes: dict, fitted: bool,
+              manifest: dict, where: str) -> None:
+    """Fill in what an older format lacks; refuse a file that lacks anything else."""
+    version = manifest["format_version"]
+    names = _parameter_names(cls)
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise ModelFileError(
+            f"{where}: its {name} has parameters {', '.join(unknown)}, which this "
+            f"transferkit's {name} does not take; the file was edited, or it comes from "
+            f"another transferkit. {_provenance(manifest)}"
+        )
+    if version < FORMAT_VERSION:
+        fill_absent(name, params, keys=names)
+    # Attributes of the table are filled by __setstate__; a fitted file of this format has
+    # them all, which only an edit removes.
+    required = names | ({key for key in VALUES_BEFORE_THEY_EXISTED[name] if key not in names}
+                        if fitted and version == FORMAT_VERSION else set())
+    missing = sorted(required - set(params) - set(attributes))
+    if missing:
+        raise ModelFileError(
+            f"{where}: its {name} lacks {', '.join(missing)}, which every {name} file of "
+            f"format version {version} holds; the file was edited or damaged."
+        )
+
+
+def _is_directory(cache: Any) -> bool:
+    return isinstance(cache, PurePath) or (isinstance(cache, str) and cache != "memory")
+
+
+def _choose_cache(name: str, params: dict, cache: Any, where: str) -> None:
+    if name != "KerasFeatureExtractor":
+        if cache is not _UNSET:
+            raise ValueError(
+                f"cache={cache!r} was passed to transferkit.load, but {where} holds a {name}, "
+                f"whose cache parameter is not a place on disk (it caches frozen activations "
+                f"in memory while training); load it without cache."
+            )
+        return
+    if cache is not _UNSET:
+        params["cache"] = cache
+    elif _is_directory(params.get("cache")):
+        directory = str(params["cache"])
+        warnings.warn(
+            f"{where} sets the feature cache directory {directory!r}; a model file does not "
+            f"choose where transferkit writes, so it was loaded with cache='memory'. To keep "
+            f"features in that directory, pass it: transferkit.load(path, cache={directory!r}).",
+            UserWarning, stacklevel=4,
+        )
+        params["cache"] = "memory"
+
+
+class _WeightsFromFile:
+    """The file's weights, parsed only once the network they must fit is built.
+
+    The bytes of ``weights.npz`` were read and checked against the manifest's digest
+    before; ``__setstate__`` calls this with the rebuilt ``model_``, and the shapes and
+    dtypes the manifest declares and the ``.npy`` header of each array are checked against
+    that network's before any array is made from the data.
+    """
+
+    def __init__(self, where: str, data: bytes, manifest: dict, name: str) -> None:
+        self.where, self.data, self.manifest, self.name = where, data, manifest, name
+
+    def __call__(self, model: Any) -> list[np.ndarray]:
+        needed = [(v.path, tuple(int(n) for n in v.shape), np.dtype(v.dtype))
+                  for v in model.weights]
+        return read_declared_weights(
+            self.where, self.data, self.manifest.get("weights"), needed,
+            f"the {self.name} its parameters describe", _provenance(self.manifest),
+        )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+                and a.dtype == b.dtype and a.shape == b.shape and bool(np.all(a == b)))
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # a comparison that does not give one bool: not the same
+        return False
+
+
+def _check_rebuilt(estimator: Any, attributes: dict, where: str) -> None:
+    """The file's attributes must be what rebuilding from its parameters gave."""
+    for key, saved in attributes.items():
+        if not hasattr(estimator, key):  # consumed by __setstate__ (_sklearn_version)
+            continue
+        rebuilt = getattr(estimator, key)
+        if not _same(saved, rebuilt):
+            raise ModelFileError(
+                f"{where}: its manifest says {key} = {reprlib.repr(saved)}, but the "
+                f"{type(estimator).__name__} its parameters describe has {key} = "
+                f"{reprlib.repr(rebuilt)}: the parameters and the fitted network do not "
+                f"belong together (the manifest was edited?). Save the estimator again."
+            )
+
+
+def _check_forward(estimator: Any, where: str) -> None:
+    """Run the rebuilt network once, so that a file it cannot run fails now, not later."""
+    height, width = estimator.source_size_
+    name = type(estimator).__name__
+    outputs = (estimator.n_features_out_ if name == "KerasFeatureExtractor"
+               else len(estimator.classes_))
+    try:
+        shape = np.shape(estimator._forward(np.zeros((1, height, width, 3), np.float32)))
+    except Exception as exc:  # whatever the framework raises: this file's network is unusable
+        summary = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelFileError(
+            f"{where}: the {name} it describes does not run on a {height}x{width} image "
+            f"({type(exc).__name__}: {summary}); the file was edited or damaged."
+        ) from exc
+    if shape != (1, outputs):
+        raise ModelFileError(
+            f"{where}: the {name} it describes gives outputs of shape {shape[1:]} per image, "
+            f"its manifest says {outputs}; the file was edited or damaged."
+        )
+
+
+def _check_versions(manifest: dict, where: str, sealed: bool) -> int:
     from . import __version__
 
     version = manifest.get("format_version")
@@ -537,16 +581,31 @@ def _check_versions(manifest: dict, where: str) -> None:
             f"{manifest.get('transferkit_version')!r}; this transferkit ({__version__}) reads "
             f"format version {FORMAT_VERSION} and older. Upgrade transferkit to load it."
         )
+    if version >= 2 and not sealed:
+        raise ModelFileError(
+            f"{where} has no {MANIFEST_DIGEST}, which every file of format version {version} "
+            f"holds; it was edited or damaged. Restore it from a copy or save the estimator "
+            f"again."
+        )
+    notes = []
+    if version < FORMAT_VERSION:
+        notes.append(
+            f"{where} is in file format version {version}; this transferkit writes version "
+            f"{FORMAT_VERSION}. Parameters the file lacks take the values they had before they "
+            f"existed (transferkit.persistence.VALUES_BEFORE_THEY_EXISTED), so it gives the "
+            f"output it gave when saved; its manifest has no digest, so an edit to it would "
+            f"go unnoticed. Save it again to write the current format."
+        )
     saved = manifest.get("transferkit_version")
     if saved != __version__:
-        warnings.warn(
-            FileVersionWarning(
-                f"{where} was saved with transferkit {saved} and is loaded with transferkit "
-                f"{__version__}. It loads if the network it describes is built the same way; "
-                f"check its output, and save it again with this version."
-            ),
-            stacklevel=4,
+        notes.append(
+            f"{where} was saved with transferkit {saved} and is loaded with transferkit "
+            f"{__version__}. It loads if the network it describes is built the same way; "
+            f"check its output, and save it again with this version."
         )
+    if notes:
+        warnings.warn(FileVersionWarning(" ".join(notes)), stacklevel=4)
+    return version
 
 
 def _provenance(manifest: dict) -> str:
@@ -557,55 +616,6 @@ def _provenance(manifest: dict) -> str:
         f"this is transferkit {current['transferkit_version']}, keras "
         f"{current['keras_version']}, tensorflow {current['tensorflow_version']}."
     )
-
-
-def _verified_member(archive: zipfile.ZipFile, path: Path, member: str, entry: Any) -> bytes:
-    where = repr(str(path))
-    if not (isinstance(entry, dict) and isinstance(entry.get("size"), int)
-            and isinstance(entry.get("sha256"), str)):
-        raise ModelFileError(f"{where}: the manifest entry of {member!r} is malformed.")
-    data = _read_member(archive, path, member, entry["size"])
-    if len(data) != entry["size"] or _sha256(data) != entry["sha256"]:
-        raise ModelFileError(
-            f"{where}: {member!r} does not match the SHA-256 digest recorded when the file "
-            f"was saved; it was modified or damaged since. Restore it from a copy or save "
-            f"the estimator again."
-        )
-    return data
-
-
-def _decode_mapping(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict) or _TAG in value:
-        raise ModelFileError(f"{where}: expected a JSON object of names to values.")
-    return {key: _decode(item, f"{where}[{key!r}]") for key, item in value.items()}
-
-
-def _read_weights(data: bytes, described: Any, where: str) -> list[np.ndarray]:
-    if not isinstance(described, list):
-        raise ModelFileError(f"{where}: the manifest does not describe the weights.")
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
-            names = [f"w{i:05d}" for i in range(len(described))]
-            if sorted(stored.files) != names:
-                raise ModelFileError(
-                    f"{where}: {_WEIGHTS} holds {len(stored.files)} arrays, the manifest "
-                    f"describes {len(described)}."
-                )
-            arrays = [stored[key] for key in names]
-    except ModelFileError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        # allow_pickle=False turns an object (pickled) array into a ValueError here.
-        raise ModelFileError(f"{where}: {_WEIGHTS} cannot be read as plain arrays ({exc}).") \
-            from exc
-    for i, (array, entry) in enumerate(zip(arrays, described, strict=True)):
-        if not isinstance(entry, dict) or entry.get("shape") != list(array.shape) \
-                or entry.get("dtype") != array.dtype.str or array.dtype.kind not in "biuf":
-            raise ModelFileError(
-                f"{where}: weight {i} has shape {array.shape} and dtype {array.dtype}, "
-                f"which the manifest does not describe ({reprlib.repr(entry)})."
-            )
-    return arrays
 
 
 class SaveMixin:
