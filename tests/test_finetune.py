@@ -408,6 +408,29 @@ def test_invalid_labels_raise_clear_errors(data, labels, match):
         tiny().fit(data[0], np.array(labels, dtype=object if None in labels else None))
 
 
+@pytest.mark.parametrize(
+    ("weights", "match"),
+    [
+        (np.r_[np.ones(23), -1.0], r"1 negative value\(s\), the first -1.0 at index 23"),
+        (np.zeros(24), "zero for every image, which leaves nothing to train on"),
+        (np.r_[np.ones(5), np.nan, np.ones(18)], r"1 non-finite value\(s\), the first nan at "
+                                                 r"index 5"),
+        (np.ones(20), r"shape \(20,\), X has 24 images"),
+        (np.array(["1"] * 24), "must hold numbers"),
+    ],
+    ids=["negative", "zero-sum", "nan", "wrong-length", "strings"],
+)
+def test_invalid_sample_weights_say_what_is_wrong(data, weights, match):
+    with pytest.raises(ValueError, match=match):
+        tiny().fit(*data, sample_weight=weights)
+
+
+def test_class_weights_zeroing_every_image_say_so(data):
+    with pytest.raises(ValueError, match="sample_weight \\* class_weight is zero for every "
+                                         "image"):
+        tiny(class_weight={"dark": 0, "bright": 0}).fit(*data)
+
+
 def test_freeze_until_after_cut_raises(data):
     with pytest.raises(ValueError, match="comes after cut"):
         tiny(freeze_until="block4").fit(*data)

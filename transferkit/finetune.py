@@ -23,7 +23,7 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
 from .extractor import _ForwardPass, _is_keras_model, _make_forward, seeded_keras_init
 from .image_input import ImageCollection, as_image_collection
@@ -150,6 +150,47 @@ def _check_labels(y: Any, n_images: int) -> np.ndarray:
             "image (binary or multiclass)."
         )
     return y
+
+
+def _check_sample_weight_values(sample_weight: Any, n_images: int) -> np.ndarray:
+    """Per-image weights as float64, every problem named with its index and value.
+
+    scikit-learn's own check reports a negative weight as "infinity or a value too large";
+    a user needs to hear which weight is wrong and why.
+    """
+    if sample_weight is None:
+        return np.ones(n_images)
+    if np.isscalar(sample_weight):
+        weight = np.full(n_images, sample_weight)
+    else:
+        weight = np.asarray(sample_weight)
+    if weight.dtype.kind not in "biuf":
+        raise ValueError(
+            f"sample_weight must hold numbers, not {weight.dtype} values; pass one "
+            f"non-negative number per image."
+        )
+    weight = weight.astype(np.float64)
+    if weight.ndim == 2 and weight.shape[1] == 1:
+        weight = weight.ravel()
+    if weight.shape != (n_images,):
+        raise ValueError(
+            f"sample_weight has shape {weight.shape}, X has {n_images} images; pass exactly "
+            f"one weight per image, in the same order."
+        )
+    for bad, problem in ((~np.isfinite(weight), "non-finite"), (weight < 0, "negative")):
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise ValueError(
+                f"sample_weight has {int(bad.sum())} {problem} value(s), the first "
+                f"{float(weight[first])!r} at index {first}; weights must be finite and >= 0 (0 "
+                f"leaves an image out)."
+            )
+    if not np.any(weight > 0):
+        raise ValueError(
+            "sample_weight is zero for every image, which leaves nothing to train on; give "
+            "the images that count a positive weight."
+        )
+    return weight
 
 
 class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
@@ -782,11 +823,14 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             )
         classes = encoder.classes_
         y_code = encoder.transform(y).astype(np.int32)
-        weight = _check_sample_weight(sample_weight, np.empty((len(y), 0)), dtype=np.float64)
+        weight = _check_sample_weight_values(sample_weight, len(y))
         if self.class_weight is not None:
             weight = weight * compute_sample_weight(self.class_weight, y)
         if not np.any(weight > 0):
-            raise ValueError("sample_weight * class_weight is zero for every image.")
+            raise ValueError(
+                "sample_weight * class_weight is zero for every image, which leaves nothing "
+                "to train on; give the classes that count a positive class_weight."
+            )
 
         rng = check_random_state(self.random_state)
         seeds = dict(zip(("init", "dropout", "augment", "split", "shuffle"),
