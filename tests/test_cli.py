@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,3 +255,111 @@ def test_train_finetune_saves_a_fine_tuned_classifier(image_folder, tmp_path, ca
     model = joblib.load(output)
     assert isinstance(model, FineTunedClassifier)
     assert model.crop_fraction == 0.9 and model.source_size_ == (36, 36)
+
+
+# ------------------------------------------------------------------ outputs and model files
+def _cli_error(capsys, *argv: str) -> str:
+    """Run the command in-process; it must fail with status 1 and one line on stderr."""
+    from transferkit.cli import main
+
+    assert main([str(a) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_extract_onto_a_folder_names_it_before_reading_any_image(image_folder, tmp_path,
+                                                                 capsys):
+    err = _cli_error(capsys, "extract", tmp_path / "missing.jpg", "-o", tmp_path, *SMALL)
+    assert f"-o '{tmp_path}' is a folder; give the path of a file to write, such as " \
+           f"'{tmp_path / 'features.npz'}'" in err
+
+
+def test_extract_into_a_folder_that_cannot_exist_names_the_output(image_folder, tmp_path,
+                                                                   capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    err = _cli_error(capsys, "extract", image_folder, "-o", blocker / "features.npz", *SMALL)
+    assert f"cannot write -o '{blocker / 'features.npz'}': '{blocker}' is a file, not a " \
+           "folder" in err
+
+
+def test_extract_into_a_folder_it_cannot_write_names_the_output(image_folder, tmp_path,
+                                                                 capsys):
+    # chmod does not stop root; /sys refuses new files to everyone.
+    if os.geteuid() == 0:
+        folder = Path("/sys")
+        if not folder.is_dir() or os.access(folder, os.W_OK) and _can_create_in(folder):
+            pytest.skip("no folder this user cannot write to")
+    else:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+    err = _cli_error(capsys, "extract", image_folder, "-o", folder / "features.npz", *SMALL)
+    assert f"cannot write -o '{folder / 'features.npz'}': Permission denied in '{folder}'" in err
+
+
+def _can_create_in(folder: Path) -> bool:
+    try:
+        (folder / ".transferkit-probe").touch()
+    except OSError:
+        return False
+    (folder / ".transferkit-probe").unlink()
+    return True
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    (b"just some notes\n", "is neither a .tkz model file nor a joblib pickle"),
+    (b"", "is neither a .tkz model file nor a joblib pickle"),
+    ("npz", "is a zip file without 'manifest.json'"),
+    ("truncated", "is not a transferkit model file, or it is truncated"),
+], ids=["text", "empty", "npz", "truncated-tkz"])
+def test_predict_with_a_file_that_is_not_a_model_is_one_line_naming_it(
+        content, match, image_folder, tmp_path, capsys):
+    from transferkit import FineTunedClassifier
+
+    model = tmp_path / "model.bin"
+    if content == "npz":
+        np.savez(model, features=np.zeros((2, 3)))
+        model = model.with_suffix(".bin.npz")
+    elif content == "truncated":
+        saved = FineTunedClassifier("VGG16", weights=None).save(tmp_path / "whole.tkz")
+        model.write_bytes(saved.read_bytes()[:100])
+    else:
+        model.write_bytes(content)
+    err = _cli_error(capsys, "predict", model, image_folder / "dark" / "dark_0.png")
+    assert f"'{model}'" in err and match in err
+
+
+def test_predict_with_an_extractor_file_says_it_is_not_a_classifier(image_folder, tmp_path,
+                                                                     capsys):
+    from transferkit import KerasFeatureExtractor
+
+    model = KerasFeatureExtractor("VGG16", weights=None).save(tmp_path / "extractor.tkz")
+    err = _cli_error(capsys, "predict", model, image_folder / "dark" / "dark_0.png")
+    assert f"'{model}' holds a KerasFeatureExtractor, not a classifier" in err
+
+
+def test_train_finetune_to_a_tkz_file_that_predict_reads(image_folder, tmp_path, capsys):
+    from transferkit import FineTunedClassifier, load
+    from transferkit.cli import main
+
+    output = tmp_path / "tuned.tkz"
+    assert main(["train", str(image_folder), "-o", str(output), "--finetune", "--epochs", "1",
+                 "--validation-fraction", "0.25", "--quiet", *SMALL]) == 0
+    capsys.readouterr()
+    model = load(output)
+    assert isinstance(model, FineTunedClassifier)
+    images = [str(image_folder / "dark" / "dark_0.png"), str(image_folder / "bright" /
+                                                             "bright_1.png")]
+    assert main(["predict", str(output), *images]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    proba = model.predict_proba(images)
+    assert [line[1] for line in lines] == list(model.classes_[proba.argmax(axis=1)])
+    np.testing.assert_allclose([float(line[2]) for line in lines], proba.max(axis=1),
+                               atol=1e-4)
+
+
+def test_train_without_finetune_to_a_tkz_file_says_what_to_do(image_folder, tmp_path, capsys):
+    err = _cli_error(capsys, "train", image_folder, "-o", tmp_path / "model.tkz", *SMALL)
+    assert "add --finetune, or save the default features + logistic regression pipeline " \
+           f"with -o '{tmp_path / 'model.joblib'}'" in err

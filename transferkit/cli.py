@@ -24,6 +24,7 @@ __all__ = ["main"]
 # Suffixes of the files taken from a folder; Pillow reads more, but these are what photo
 # folders hold, and skipping the rest keeps stray .txt or .DS_Store files out.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MODEL_FILE_SUFFIX = ".tkz"  # transferkit.save's format; any other -o of train is a joblib pickle
 
 
 class UsageError(Exception):
@@ -161,7 +162,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("folder", metavar="FOLDER")
     train.add_argument("-o", "--output", required=True, metavar="MODEL",
-                       help="where to save the fitted model, e.g. model.joblib")
+                       help="where to save the fitted model: model.joblib (a pickle), or "
+                            "model.tkz with --finetune (a file that loads without running "
+                            "code from it)")
     train.add_argument("--val", metavar="FOLDER", default=None,
                        help="a validation folder of the same layout; without it, "
                             "--validation-fraction of FOLDER is held out")
@@ -180,10 +183,12 @@ def _build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="label images with a saved model",
         description="Print one tab-separated line per image: path, predicted label, its "
-                    "probability. Loading a model runs code stored in the file (pickle): only "
-                    "load models you trust.",
+                    "probability. A .tkz model file holds data only; loading any other file "
+                    "(a joblib pickle) runs code stored in it: only load pickles you trust.",
     )
-    predict.add_argument("model", metavar="MODEL", help="a model saved by 'transferkit train'")
+    predict.add_argument("model", metavar="MODEL",
+                         help="a model saved by 'transferkit train' (.joblib or .tkz) or by "
+                              "transferkit.save (.tkz)")
     predict.add_argument("images", nargs="+", metavar="IMAGES",
                          help="image files and/or folders of images")
     return parser
@@ -286,6 +291,44 @@ def _cmd_cut_points(args: argparse.Namespace) -> None:
         print(point)
 
 
+def _writable_output(output: str, default_name: str, flag: str = "-o") -> Path:
+    """The output path, checked before any work: not a folder, and its folder writable.
+
+    A probe file is created and removed rather than asking ``os.access``, which answers for
+    the permission bits only (yes for root on a read-only mount, no under some ACLs).
+    """
+    import tempfile
+
+    path = Path(output)
+    if path.is_dir():
+        raise UsageError(
+            f"{flag} {output!r} is a folder; give the path of a file to write, such as "
+            f"{str(path / default_name)!r}."
+        )
+    folder = path.parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(
+            f"cannot write {flag} {output!r}: {str(existing)!r} is a file, not a folder."
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write {flag} {output!r}: {exc.strerror or exc} in {str(folder)!r}; "
+            f"choose a folder you can write to."
+        ) from None
+    return path
+
+
+def _os_reason(exc: OSError) -> str:
+    """What an OSError says, without Python's '[Errno 13]' prefix."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
 def _write_features(output: str, features: Any, paths: list[str], names: Any) -> None:
     import numpy as np
 
@@ -305,6 +348,8 @@ def _write_features(output: str, features: Any, paths: list[str], names: Any) ->
 def _cmd_extract(args: argparse.Namespace) -> None:
     from .extractor import KerasFeatureExtractor
 
+    # Before any image is read: a wrong -o must not cost a whole extraction.
+    _writable_output(args.output, "features.npz")
     suffix = Path(args.output).suffix.lower()
     if suffix not in (".npz", ".parquet"):
         raise UsageError(
@@ -325,7 +370,10 @@ def _cmd_extract(args: argparse.Namespace) -> None:
         verbose=0 if args.quiet else 1, **_extractor_kwargs(args),
     )
     features = extractor.fit().transform(paths)
-    _write_features(args.output, features, paths, extractor.get_feature_names_out())
+    try:
+        _write_features(args.output, features, paths, extractor.get_feature_names_out())
+    except OSError as exc:  # the disk filled up, or the folder changed, while extracting
+        raise UsageError(f"cannot write -o {args.output!r}: {_os_reason(exc)}.") from None
     print(f"{len(paths)} images x {features.shape[1]} features "
           f"({extractor.backbone_name_} cut at {extractor.cut_layer_}) -> {args.output}")
 
@@ -340,6 +388,13 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from .extractor import KerasFeatureExtractor
     from .finetune import FineTunedClassifier
 
+    output = _writable_output(args.output, "model.joblib")
+    if output.suffix.lower() == MODEL_FILE_SUFFIX and not args.finetune:
+        raise UsageError(
+            f"-o {args.output!r}: a {MODEL_FILE_SUFFIX} file holds one fine-tuned classifier; "
+            f"add --finetune, or save the default features + logistic regression pipeline "
+            f"with -o {str(output.with_suffix('.joblib'))!r}."
+        )
     paths, labels = _labelled_folder(args.folder)
     if args.val is not None:
         val_paths, val_labels = _labelled_folder(args.val)
@@ -384,26 +439,56 @@ def _cmd_train(args: argparse.Namespace) -> None:
         ])
     model.fit(train_paths, train_labels)
     accuracy = float(model.score(val_paths, val_labels))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, args.output)
+    try:
+        if output.suffix.lower() == MODEL_FILE_SUFFIX:
+            model.save(output)  # transferkit's own format: loading it runs no code
+        else:
+            joblib.dump(model, output)
+    except OSError as exc:
+        raise UsageError(f"cannot write -o {args.output!r}: {_os_reason(exc)}.") from None
     kind = "fine-tuned" if args.finetune else "features + logistic regression"
     print(f"validation accuracy {accuracy:.3f} on {len(val_paths)} images "
           f"({len(train_paths)} training images, {kind}) -> {args.output}")
 
 
-def _cmd_predict(args: argparse.Namespace) -> None:
+def _load_model(model: str) -> Any:
+    """The classifier in ``model``: a .tkz file of transferkit.save, or a joblib pickle."""
+    path = Path(model)
+    if not path.exists():
+        raise UsageError(f"model file {model!r} does not exist.")
+    if not path.is_file():
+        raise UsageError(f"model {model!r} is not a file; pass the file 'transferkit train' "
+                         f"wrote.")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic == b"PK\x03\x04":
+        # A zip archive, as transferkit.save writes them: read without running code. Its
+        # errors (ModelFileError) name the file and what is wrong with it.
+        from .persistence import load
+
+        return load(path)
     import joblib
+
+    try:
+        return joblib.load(path)
+    except Exception as exc:  # a pickle parser's failures are many; each means the same
+        raise UsageError(
+            f"model {model!r} is neither a {MODEL_FILE_SUFFIX} model file nor a joblib "
+            f"pickle of one ({type(exc).__name__}: {exc}); pass a file written by "
+            f"'transferkit train -o MODEL'."
+        ) from None
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
     import numpy as np
 
-    if not Path(args.model).is_file():
-        raise UsageError(f"model file {args.model!r} does not exist.")
-    paths = _image_files(args.images)
-    model = joblib.load(args.model)
+    model = _load_model(args.model)
     if not hasattr(model, "predict_proba") or not hasattr(model, "classes_"):
         raise UsageError(
             f"{args.model!r} holds a {type(model).__name__}, not a classifier with "
             "predict_proba; save one with 'transferkit train'."
         )
+    paths = _image_files(args.images)
     probabilities = model.predict_proba(paths)
     best = np.argmax(probabilities, axis=1)
     for path, k, row in zip(paths, best, probabilities, strict=True):
