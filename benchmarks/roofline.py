@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     from transferkit import KerasFeatureExtractor
-    from transferkit.extractor import default_batch_size
+    from transferkit.keras_setup import default_batch_size
     from transferkit.openvino_runtime import openvino_available
 
     batch_size = args.batch_size or default_batch_size()

@@ -44,14 +44,14 @@ def client():
         # that unpickling a fitted extractor does: shipping weights per task would show.
         from transferkit import extractor
 
-        original = extractor.KerasFeatureExtractor._build_model
+        original = extractor.KerasFeatureExtractor._build_network
 
         def counting(self, weights):
             extractor.builds_in_test += 1
             return original(self, weights)
 
         extractor.builds_in_test = 0
-        extractor.KerasFeatureExtractor._build_model = counting
+        extractor.KerasFeatureExtractor._build_network = counting
 
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                        dashboard_address=None)

@@ -109,9 +109,9 @@ def test_batch_size_does_not_change_features(rng_images):
 
 
 def test_batch_size_none_runs_small_batches_on_a_cpu(rng_images, monkeypatch):
-    from transferkit import extractor as extractor_module
+    from transferkit.keras_setup import default_batch_size
 
-    assert extractor_module.default_batch_size() == 8  # no GPU on the test machines
+    assert default_batch_size() == 8  # no GPU on the test machines
     seen = []
     auto = small_extractor().fit()
     assert auto.batch_size is None

@@ -142,7 +142,7 @@ def test_training_step_updates_weights_as_keras_adam_apply_gradients_does():
     import keras
     import tensorflow as tf
 
-    from transferkit.finetune import _TrainingStep
+    from transferkit.training import TrainingStep
 
     def model_and_adam():
         keras.utils.set_random_seed(0)
@@ -162,7 +162,7 @@ def test_training_step_updates_weights_as_keras_adam_apply_gradients_does():
                 rng.uniform(0.5, 2, 5).astype("float32")) for _ in range(3)]
     ours, adam = model_and_adam()
     adam.build(ours.trainable_variables)
-    step = tf.function(_TrainingStep(ours, ours.trainable_variables, adam))
+    step = tf.function(TrainingStep(ours, ours.trainable_variables, adam))
     keras_model, keras_adam = model_and_adam()
     for x, target, weight in batches:
         step(x, tf.constant(target, tf.int32), weight)
@@ -276,7 +276,7 @@ def test_default_training_crops_flips_and_gives_the_head_augmented_views(data):
     clf = tiny(augment=FineTunedClassifier().augment, head_init="logistic", head_views=3)
     clf.fit(X, y)
     assert clf.augment == ("crop", "flip") and not clf.cached_
-    assert clf._train_net.get_layer("augment_crop") is not None
+    assert clf._network.train_net.get_layer("augment_crop") is not None
     assert clf.history_["head"]["views"] == 4  # the central crop + 3 random views
     assert clf.score(X, y) >= 0.9
     without_views = tiny(augment=("crop", "flip"), head_init="logistic", head_views=0).fit(X, y)
@@ -319,18 +319,18 @@ def test_pixels_outside_the_central_crop_do_not_change_predictions(data):
 
 
 def test_early_stopping_counts_only_decreases_beyond_one_standard_error():
-    from transferkit.finetune import _clearly_lower
+    from transferkit.training import clearly_lower
 
     reference = np.linspace(0.2, 1.0, 25)
     # Every image a little better: a decrease far beyond its noise.
-    assert _clearly_lower(reference - 0.01, reference)
+    assert clearly_lower(reference - 0.01, reference)
     # The same mean decrease (0.01) from one image, the others a little worse: noise.
     lucky = reference + 0.01
     lucky[0] -= 0.5
     assert np.isclose((reference - lucky).mean(), 0.01)
-    assert not _clearly_lower(lucky, reference)
-    assert not _clearly_lower(reference, reference)
-    assert not _clearly_lower(reference + 0.01, reference)
+    assert not clearly_lower(lucky, reference)
+    assert not clearly_lower(reference, reference)
+    assert not clearly_lower(reference + 0.01, reference)
 
 
 def test_fine_tuning_learning_rate_decays_along_a_cosine(data):
@@ -355,7 +355,8 @@ def test_logistic_head_is_a_cross_validated_logistic_regression(data):
     assert clf.score(X, y) >= 0.9
     # It predicts as a logistic regression with that C on the pooled frozen features does
     # (that one sees all the images, the head only the training split).
-    features = clf._pooled_net.predict(clf._prefix.predict(X, verbose=0), verbose=0)
+    features = clf._network.pooled_net.predict(clf._network.prefix.predict(X, verbose=0),
+                                              verbose=0)
     reference = LogisticRegression(C=head["C"], max_iter=2000).fit(features, y)
     assert (clf.predict(X) == reference.predict(features)).mean() >= 0.9
     # The default, and with fine-tuning after it, still a working classifier.

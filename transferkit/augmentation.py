@@ -1,4 +1,5 @@
-"""Image framing for training: random resized crops while training, a central crop otherwise.
+"""Image framing and augmentation: random resized crops while training, a central crop
+otherwise, and the other augmentations fine-tuning may draw (flip, rotation, zoom).
 
 The ImageNet backbones of ``keras.applications`` were trained on random resized crops
 (a random part of the image, of random size and aspect ratio, resized to the input) and
@@ -13,7 +14,8 @@ from typing import Any
 
 import keras
 
-__all__ = ["CentralCrop", "RandomResizedCrop", "central_offsets", "source_size"]
+__all__ = ["AUGMENTATIONS", "CentralCrop", "RandomResizedCrop", "augmentation_names", "augmented",
+           "central_offsets", "source_size"]
 
 #: Area of a random crop as a fraction of the image: the lower bound is milder than
 #: ImageNet training's 0.08, because a small data set cannot afford crops that miss the object.
@@ -171,3 +173,60 @@ class RandomResizedCrop(keras.layers.Layer):
         config.update(height=self.height, width=self.width, scale=self.scale,
                       ratio=self.ratio, seed=self.seed)
         return config
+
+
+# ---------------------------------------------------------------------- training augmentation
+AUGMENTATIONS = ("crop", "flip", "rotation", "zoom")
+"""Names ``FineTunedClassifier(augment=...)`` takes, in the order they are applied."""
+#: Strength of rotation (fraction of a full turn) and zoom: the values of the Keras
+#: transfer-learning guide, mild enough to keep an object recognisable.
+ROTATION_FACTOR = 0.1
+ZOOM_FACTOR = 0.1
+
+
+def augmentation_names(augment: Any) -> tuple[str, ...]:
+    """The augmentations ``augment`` asks for, in :data:`AUGMENTATIONS` order.
+
+    ``None``: none; ``"all"``: every one; a name or a tuple of names.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name or an empty tuple, naming the value.
+    """
+    if augment is None:
+        return ()
+    if isinstance(augment, str) and augment == "all":
+        return AUGMENTATIONS
+    names = (augment,) if isinstance(augment, str) else tuple(augment)
+    unknown = [name for name in names if name not in AUGMENTATIONS]
+    if unknown or not names:
+        raise ValueError(
+            f"augment={augment!r} is not supported; use None, 'all', or any of "
+            f"{AUGMENTATIONS} (a name or a tuple of names)."
+        )
+    return tuple(name for name in AUGMENTATIONS if name in names)
+
+
+def augmented(images: Any, names: tuple[str, ...], size: tuple[int, int], seed: int,
+              central: Any) -> Any:
+    """Images at the source size -> augmented images at ``size``, as Keras layers.
+
+    ``central`` is the central crop of ``images``, used when ``"crop"`` is not asked for;
+    each augmentation draws from its own seed (``seed``, ``seed + 1``, ...).
+    """
+    layers = keras.layers
+    if "crop" in names:
+        # Inference mode keeps the central crop, so validation sees what predict sees.
+        x = RandomResizedCrop(size[0], size[1], seed=seed, name="augment_crop")(images)
+    else:
+        x = central
+    for k, name in enumerate(names):
+        seed_k = seed + 1 + k
+        if name == "flip":
+            x = layers.RandomFlip("horizontal", seed=seed_k, name="augment_flip")(x)
+        elif name == "rotation":
+            x = layers.RandomRotation(ROTATION_FACTOR, seed=seed_k, name="augment_rotation")(x)
+        elif name == "zoom":
+            x = layers.RandomZoom(ZOOM_FACTOR, seed=seed_k, name="augment_zoom")(x)
+    return x

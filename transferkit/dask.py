@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .workers import _feature_names, _pack, _ready_estimator, model_builds
+from .workers import feature_names, model_builds, pack, ready_estimator
 
 __all__ = ["extract_features", "model_builds"]
 
@@ -34,13 +34,13 @@ def _transform(estimator: Any, images: list[Any], n_features: int) -> np.ndarray
 
 
 def _bag_partition(images: Any, token: str, blob: bytes, n_features: int) -> np.ndarray:
-    return _transform(_ready_estimator(token, blob), list(images), n_features)
+    return _transform(ready_estimator(token, blob), list(images), n_features)
 
 
 def _frame_partition(images: Any, token: str, blob: bytes, names: list[str]) -> Any:
     import pandas as pd
 
-    features = _transform(_ready_estimator(token, blob), images.tolist(), len(names))
+    features = _transform(ready_estimator(token, blob), images.tolist(), len(names))
     # The partition's own index: rows stay attached to their images whatever the partitions.
     return pd.DataFrame(features, index=images.index, columns=names)
 
@@ -114,8 +114,8 @@ def extract_features(images: Any, extractor: Any) -> Any:
             "or a Dask DataFrame column of images. A dask.array of paths converts with "
             "dask.dataframe.from_dask_array(array)."
         )
-    names = _feature_names(extractor)
-    token, blob = _pack(extractor)
+    names = feature_names(extractor)
+    token, blob = pack(extractor)
     # One graph key for the packed estimator: every task depends on it, so a worker
     # receives it once, however many partitions it transforms.
     packed = dask.delayed(blob, name=f"transferkit-estimator-{token}")

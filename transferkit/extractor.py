@@ -1,151 +1,36 @@
-"""KerasFeatureExtractor: a pretrained ConvNet, cut and pooled, as a scikit-learn transformer."""
+"""KerasFeatureExtractor: a truncated pretrained backbone as a scikit-learn transformer.
+
+The estimator shell: parameters, the feature cache around the network, and scikit-learn's
+conventions. Building and running the network is :mod:`transferkit.network`'s; caching
+features, :mod:`transferkit.cache`'s; pickling, :mod:`transferkit.pickling`'s.
+"""
 
 from __future__ import annotations
 
 import logging
-import numbers
 import os
-import random
-import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils import check_random_state
 
 from .cache import fingerprint, image_keys, model_memo, resolve_cache, weights_identity
 from .image_input import as_image_collection
-from .openvino_runtime import check_runtime, make_openvino_forward
-from .persistence import SaveMixin
+from .keras_setup import PRECISIONS, default_batch_size, is_keras_model
+from .network import POOLINGS, build_feature_network, make_forward, run_batches
+from .openvino_runtime import check_runtime
+from .parameters import Integer, Options, Real, Satisfies, check_parameters, integer, optional_dict
+from .persistence import SaveMixin, register_estimator
+from .pickling import KerasPicklingMixin, weights_for
 
 __all__ = ["KerasFeatureExtractor"]
 
 logger = logging.getLogger(__name__)
 
-_POOLINGS = ("avg", "max", None)
-_SEEDED_BUILD_LOCK = threading.RLock()
-_PRECISIONS = ("float32", "bfloat16")
 
-
-@contextmanager
-def seeded_keras_init(random_state: Any) -> Iterator[None]:
-    """Make Keras' default initialisers deterministic without touching global RNG state.
-
-    Keras draws the seed of every unseeded initializer from Python's ``random`` module.
-    Seeding that shared module is not enough: any other thread that draws from it during
-    the build (a Dask worker's event loop does) shifts the sequence and changes the
-    weights. So, for the duration of the build, Keras' seed source is replaced by a
-    private ``random.Random(seed)``; builds are serialised so that two cannot share it.
-    """
-    if random_state is None:
-        yield
-        return
-    seed = (
-        int(random_state)
-        if isinstance(random_state, numbers.Integral)
-        else int(check_random_state(random_state).randint(0, 2**31 - 1))
-    )
-    try:
-        from keras.src.random import seed_generator
-    except ImportError:  # a Keras without this module: seed the shared generator instead
-        seed_generator = None
-    with _SEEDED_BUILD_LOCK:
-        if seed_generator is None or not hasattr(seed_generator, "python_random"):
-            saved = random.getstate()
-            random.seed(seed)
-            try:
-                yield
-            finally:
-                random.setstate(saved)
-            return
-        shared = seed_generator.python_random
-        seed_generator.python_random = random.Random(seed)
-        try:
-            yield
-        finally:
-            seed_generator.python_random = shared
-
-
-@contextmanager
-def keras_precision(precision: str) -> Iterator[None]:
-    """Build layers under a dtype policy, restoring the caller's policy afterwards."""
-    if precision == "float32":
-        yield
-        return
-    import keras
-
-    saved = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(f"mixed_{precision}")
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(saved)
-
-
-def _is_keras_model(obj: Any) -> bool:
-    # Checked by duck-typing first so that importing transferkit never imports Keras.
-    if not (hasattr(obj, "layers") and hasattr(obj, "inputs")):
-        return False
-    import keras
-
-    return isinstance(obj, keras.Model)
-
-
-class _ForwardPass:
-    """``model(x, training=False)`` as a callable object.
-
-    tf.function groups its retracing statistics by the wrapped function's code object; a
-    lambda would make every extractor in a grid search count as "retracing the same
-    function" and trigger TensorFlow's warning. An instance is its own key.
-    """
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def __call__(self, x: Any) -> Any:
-        return self.model(x, training=False)
-
-
-def default_batch_size() -> int:
-    """Images per forward pass when ``batch_size=None``: 8 on CPUs, 32 with a GPU.
-
-    On a CPU a small batch keeps the activations of each layer in cache: on the 2-core
-    CI machine a forward pass at batch 8 ran MobileNetV2 1.4x and ResNet50 1.1x faster per
-    image than at 32 (and batch 4 was no faster than 8). A GPU needs large batches to be busy.
-    """
-    import tensorflow as tf
-
-    return 32 if tf.config.list_logical_devices("GPU") else 8
-
-
-def _make_forward(model: Any, size: tuple[int, int], fold: bool = False):
-    """A callable ``float32 batch -> ndarray`` that skips Model.predict's per-call overhead.
-
-    ``fold=True`` runs an inference copy of ``model`` with its BatchNormalization layers
-    folded into the convolutions before them (see :mod:`transferkit.batchnorm_folding`);
-    only for a model whose weights will not change afterwards.
-    """
-    import keras
-
-    if fold:
-        from .batchnorm_folding import fold_batch_norms
-
-        model, n_folded = fold_batch_norms(model)
-        logger.debug("folded %d BatchNormalization layers for inference", n_folded)
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        spec = tf.TensorSpec((None, size[0], size[1], 3), tf.float32)
-        compiled = tf.function(_ForwardPass(model), input_signature=[spec],
-                               reduce_retracing=True)
-        return lambda batch: compiled(batch).numpy()
-    return lambda batch: keras.ops.convert_to_numpy(model(batch, training=False))
-
-
-class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
+@register_estimator
+class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, BaseEstimator):
     """Image features from a pretrained Keras Applications backbone.
 
     The backbone is loaded without its classifier top, truncated at ``cut`` and
@@ -294,92 +179,28 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         self.precision = precision
         self.runtime = runtime
 
+    _parameter_checks = {
+        "backbone": Satisfies(
+            lambda value: isinstance(value, str) or is_keras_model(value),
+            "backbone={value} is neither a backbone name (see transferkit.list_backbones()) "
+            "nor a keras.Model."),
+        "backbone_kwargs": Satisfies(optional_dict,
+                                     "backbone_kwargs must be a dict or None, got {kind}."),
+        "pooling": Options(POOLINGS, "use 'avg', 'max' or None (flatten)"),
+        "batch_size": Integer(1, none_means="automatic"),
+        "crop_fraction": Real(0, 1, "(]", "1.0 keeps the whole image, 0.875 its central 87.5% "
+                                          "(ImageNet's evaluation framing)"),
+        "verbose": Satisfies(integer, "verbose={value} must be an integer (0 = silent)."),
+        "precision": Options(PRECISIONS),
+        "on_error": Options(("raise", "nan"), "use 'raise' or 'nan'"),
+    }
+    _keras_attributes = ("model_", "_forward")
+
     # ------------------------------------------------------------------ building
-    def _validate_params(self) -> None:
-        if self.pooling not in _POOLINGS:
-            raise ValueError(
-                f"pooling={self.pooling!r} is not supported; use 'avg', 'max' or None (flatten)."
-            )
-        if self.batch_size is not None and (
-            not isinstance(self.batch_size, numbers.Integral)
-            or isinstance(self.batch_size, bool)
-            or self.batch_size < 1
-        ):
-            raise ValueError(
-                f"batch_size={self.batch_size!r} must be a positive integer or None (automatic)."
-            )
-        if (not isinstance(self.crop_fraction, numbers.Real)
-                or isinstance(self.crop_fraction, bool)
-                or not 0 < self.crop_fraction <= 1):
-            raise ValueError(
-                f"crop_fraction={self.crop_fraction!r} must be a number in (0, 1]: 1.0 keeps the "
-                "whole image, 0.875 its central 87.5% (ImageNet's evaluation framing)."
-            )
-        if not isinstance(self.verbose, numbers.Integral):
-            raise ValueError(f"verbose={self.verbose!r} must be an integer (0 = silent).")
-        if self.backbone_kwargs is not None and not isinstance(self.backbone_kwargs, dict):
-            raise ValueError(
-                "backbone_kwargs must be a dict or None, got "
-                f"{type(self.backbone_kwargs).__name__}."
-            )
-        if self.precision not in _PRECISIONS:
-            raise ValueError(
-                f"precision={self.precision!r} is not supported; use one of {_PRECISIONS}."
-            )
+    def _check_parameters(self) -> None:
+        check_parameters(self)
         check_runtime(self.runtime, self.precision)
         resolve_cache(self.cache)
-        if self.on_error not in ("raise", "nan"):
-            raise ValueError(f"on_error={self.on_error!r} is not supported; use 'raise' or 'nan'.")
-        if not isinstance(self.backbone, str) and not _is_keras_model(self.backbone):
-            raise ValueError(
-                f"backbone={self.backbone!r} is neither a backbone name (see "
-                "transferkit.list_backbones()) nor a keras.Model."
-            )
-
-    def _build_trunk(self, weights: Any) -> tuple[Any, Any, str, tuple[int, int], str, str]:
-        """Return (truncated backbone, preprocess fn or None, backbone name, input size,
-        preprocessing kind, name of the cut layer)."""
-        from .backbones import build_backbone, get_backbone_spec, resolve_input_size
-        from .cut_points import resolve_cut, truncate
-
-        if isinstance(self.backbone, str):
-            spec = get_backbone_spec(self.backbone)
-            size = resolve_input_size(self.input_size, spec.default_size)
-            with seeded_keras_init(self.random_state):
-                full = build_backbone(
-                    spec.name, weights=weights, input_size=size,
-                    backbone_kwargs=self.backbone_kwargs,
-                )
-            layer = resolve_cut(full, self.cut, spec.module)
-            return (truncate(full, layer), spec.preprocess_input, spec.name, size,
-                    spec.preprocessing, layer.name)
-
-        model = self.backbone
-        if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
-            shapes = [tuple(t.shape) for t in model.inputs]
-            raise ValueError(
-                f"backbone model {model.name!r} has inputs {shapes}; expected a single image "
-                "input of shape (batch, height, width, 3)."
-            )
-        if self.weights not in ("imagenet", None):
-            raise ValueError(
-                f"weights={self.weights!r} cannot be applied to a keras.Model backbone: load the "
-                "weights into your model (model.load_weights) before passing it."
-            )
-        if self.backbone_kwargs:
-            raise ValueError("backbone_kwargs only applies to a backbone given by name.")
-        fixed = tuple(model.inputs[0].shape[1:3])
-        if None not in fixed:
-            size = (int(fixed[0]), int(fixed[1]))
-            if self.input_size is not None and resolve_input_size(self.input_size, 0) != size:
-                raise ValueError(
-                    f"input_size={self.input_size!r} differs from the fixed input size {size} of "
-                    f"backbone model {model.name!r}; leave input_size=None."
-                )
-        else:
-            size = resolve_input_size(self.input_size, 224)
-        layer = resolve_cut(model, self.cut, None)
-        return truncate(model, layer), None, model.name, size, "user_model", layer.name
 
     def _fingerprint(self, weights: Any) -> bytes | None:
         """Digest of every parameter that determines the output; None if not reproducible."""
@@ -417,56 +238,52 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         current = weights_identity(None, None, model=self.model_)
         return fingerprint({"built": self._fingerprint_.hex(), "weights": current})
 
+    def _build_network(self, weights: Any) -> tuple[Any, Any]:
+        """``(model, layout)`` of the feature network these parameters describe."""
+        return build_feature_network(
+            self.backbone, weights=weights, input_size=self.input_size, cut=self.cut,
+            backbone_kwargs=self.backbone_kwargs, random_state=self.random_state,
+            crop_fraction=self.crop_fraction, pooling=self.pooling, precision=self.precision,
+        )
+
+    def _make_forward(self, model: Any, source_size: tuple[int, int]) -> Any:
+        # Backbones we built have weights nobody else changes: fold them. A model of the
+        # user's own keeps using its live layers.
+        return make_forward(model, source_size, runtime=self.runtime, precision=self.precision,
+                            fold=isinstance(self.backbone, str))
+
+    def _set_network(self, model: Any, forward: Any, layout: Any) -> None:
+        self.model_, self._forward = model, forward
+        self.backbone_name_ = layout.backbone_name
+        self.cut_layer_ = layout.cut_layer
+        self.input_size_ = layout.input_size
+        self.source_size_ = layout.source_size
+        self.preprocessing_ = layout.preprocessing
+        self.n_features_out_ = layout.n_features
+
     def _assemble(self, weights: Any) -> None:
         self._fingerprint_ = self._fingerprint(weights)
         built = model_memo.get(self._fingerprint_) if self._fingerprint_ is not None else None
         if built is None:
-            built = self._build_model(weights)
+            model, layout = self._build_network(weights)
+            built = (model, self._make_forward(model, layout.source_size), layout)
             if self._fingerprint_ is not None:
                 model_memo.put(self._fingerprint_, built)
-        (self.model_, self._forward, self.backbone_name_, self.cut_layer_, self.input_size_,
-         self.source_size_, self.preprocessing_, self.n_features_out_) = built
+        self._set_network(*built)
 
-    def _build_model(self, weights: Any, with_forward: bool = True) -> tuple:
-        import keras
-
-        from .augmentation import CentralCrop, source_size
-
-        with keras_precision(self.precision):
-            trunk, preprocess, name, size, preprocessing, cut_layer = self._build_trunk(weights)
-            source = source_size(size, self.crop_fraction)
-            pixels = keras.Input((source[0], source[1], 3), dtype="float32", name="pixels")
-            x = pixels
-            if source != size:
-                # float32 whatever the policy: a bfloat16 crop would round the pixel values.
-                x = CentralCrop(size[0], size[1], dtype="float32", name="central_crop")(x)
-            x = preprocess(x) if preprocess is not None else x
-            x = trunk(x)
-            if len(x.shape) == 4 and self.pooling == "avg":
-                x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-            elif len(x.shape) == 4 and self.pooling == "max":
-                x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-            elif len(x.shape) != 2:
-                x = keras.layers.Flatten(name="flatten")(x)
-            # Features leave the model as float32 whatever the compute precision.
-            x = keras.layers.Activation("linear", dtype="float32", name="features")(x)
-        model = keras.Model(pixels, x, name=f"{name}_features")
-        n_features = int(x.shape[-1])
-        logger.debug("built %s cut at %s: input %s, %d features", name, cut_layer, size,
-                     n_features)
-        forward = self._forward_for(model, source) if with_forward else None
-        return (model, forward, name, cut_layer, size, source, preprocessing, n_features)
-
-    def _forward_for(self, model: Any, source: tuple[int, int]) -> Any:
-        if self.runtime == "openvino":
-            return make_openvino_forward(model, source)
-        # Backbones we built have weights nobody else changes: fold them. A model of the
-        # user's own keeps using its live layers.
-        return _make_forward(model, source, fold=isinstance(self.backbone, str))
+    def _rebuild_networks(self, weights: Any) -> None:
+        # Unpickling: the architecture without fetching any weights, then the saved ones.
+        # The memo is bypassed: this model's weights are the pickled ones. What the build
+        # determines is taken from the build, not from the state, so that the network and
+        # the attributes describing it cannot disagree.
+        model, layout = self._build_network(None)
+        model.set_weights(weights_for(weights, model))
+        # The folded (or converted) copy holds its own weights: made from the restored ones.
+        self._set_network(model, self._make_forward(model, layout.source_size), layout)
 
     def _ensure_built(self) -> None:
         if not hasattr(self, "model_"):
-            self._validate_params()
+            self._check_parameters()
             self._assemble(self.weights)
 
     # ------------------------------------------------------------------ API
@@ -484,7 +301,7 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         -------
         self : KerasFeatureExtractor
         """
-        self._validate_params()
+        self._check_parameters()
         self._assemble(self.weights)
         return self
 
@@ -508,7 +325,7 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         self._ensure_built()
         # set_params may have changed what transform reads (batch_size, cache, on_error...)
         # since the network was built: check it before it is used.
-        self._validate_params()
+        self._check_parameters()
         images = as_image_collection(X)
         # NaN until computed: a row nothing wrote can never pass for features.
         out = np.full((len(images), self.n_features_out_), np.nan, dtype=np.float32)
@@ -558,12 +375,9 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
             import keras
 
             progbar = keras.utils.Progbar(len(images), unit_name="image")
-        batch_size = self.batch_size or default_batch_size()
-        for start, batch in images.batches(self.source_size_, batch_size,
-                                           on_error=self.on_error):
-            out[start : start + len(batch)] = self._forward(batch)
-            if progbar is not None:
-                progbar.update(start + len(batch))
+        run_batches([self._forward], images, self.source_size_,
+                    self.batch_size or default_batch_size(), on_error=self.on_error,
+                    progress=progbar, into=[out])
         if images.failures:
             row_of = {images.position(j): j for j in range(len(images))}
             out[[row_of[position] for position, _ in images.failures]] = np.nan
@@ -593,40 +407,3 @@ class KerasFeatureExtractor(SaveMixin, TransformerMixin, BaseEstimator):
         tags.non_deterministic = self.weights is None and self.random_state is None
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
-
-    # ------------------------------------------------------------------ pickling
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state = dict(state)
-        state.pop("_forward", None)
-        model = state.pop("model_", None)
-        if model is not None:
-            # Weights travel with the pickle, so a loaded extractor needs no network and gives
-            # the same features even when it was built from random weights.
-            state["_fitted_weights"] = model.get_weights()
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        from .persistence import fill_absent
-
-        weights = state.pop("_fitted_weights", None)
-        # An extractor pickled or saved before a parameter existed gets the value that
-        # reproduces what it did then (crop_fraction=1.0: the whole image).
-        fill_absent("KerasFeatureExtractor", state)
-        super().__setstate__(state)
-        if weights is not None:
-            # Rebuild the architecture without fetching any weights, then restore the saved
-            # ones. The memo is bypassed: this model's weights are the pickled ones. What the
-            # build determines is taken from the build, not from the state, so that the
-            # network and the attributes describing it cannot disagree.
-            (self.model_, _, self.backbone_name_, self.cut_layer_, self.input_size_,
-             self.source_size_, self.preprocessing_, self.n_features_out_) = self._build_model(
-                None, with_forward=False)
-            if callable(weights):
-                # transferkit.load: the file's weights are read only once the network they
-                # must fit is known, so that their declared shapes are checked first.
-                weights = weights(self.model_)
-            self.model_.set_weights(weights)
-            # The folded (or converted) copy holds its own weights: make it from the restored
-            # ones.
-            self._forward = self._forward_for(self.model_, self.source_size_)

@@ -5,15 +5,17 @@ the frozen backbone, computed once: a linear probe. Only then is the unfrozen pa
 backbone trained together with that head, at a low learning rate. Fine-tuning from a random
 head sends large, noisy gradients into the pretrained layers and destroys the features it was
 meant to adapt; starting from a good head avoids that.
+
+This module is the estimator shell: parameters and their checks, labels and weights, the
+order of the phases, prediction. The networks are :mod:`transferkit.finetune_network`'s,
+training them :mod:`transferkit.training`'s, running them :mod:`transferkit.network`'s.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import numbers
 import os
-import time
 from typing import Any
 
 import numpy as np
@@ -25,96 +27,20 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted
 
-from .extractor import _ForwardPass, _is_keras_model, _make_forward, seeded_keras_init
-from .image_input import ImageCollection, as_image_collection
-from .openvino_runtime import check_runtime, make_openvino_forward
-from .persistence import SaveMixin, fill_absent
+from .finetune_network import build_finetune_network
+from .image_input import as_image_collection
+from .network import POOLINGS, make_forward, run_batches
+from .openvino_runtime import check_runtime
+from .parameters import Integer, Options, Real, Satisfies, check_parameters, integer, optional_dict
+from .persistence import SaveMixin, register_estimator
+from .pickling import KerasPicklingMixin, weights_for
+from .training import AugmentedViewPass, PhaseSettings, fit_logistic_head, train_phase
 
 __all__ = ["FineTunedClassifier"]
 
 logger = logging.getLogger(__name__)
 
-_POOLINGS = ("avg", "max", None)
-_AUGMENTATIONS = ("crop", "flip", "rotation", "zoom")
-# Strength of rotation (fraction of a full turn) and zoom: the values of the Keras
-# transfer-learning guide, mild enough to keep an object recognisable.
-_ROTATION_FACTOR = 0.1
-_ZOOM_FACTOR = 0.1
 _HEAD_INITS = ("logistic", "adam")
-# Inverse L2 strengths tried by the internal cross-validation of head_init="logistic".
-_HEAD_CS = np.logspace(-3, 2, 11)
-
-
-# The passes below are traced as callable objects, not closures, for the reason given on
-# extractor._ForwardPass: tf.function counts retracings per code object, so a closure
-# traced anew by every fit made the third fit of a process (any grid search) log
-# TensorFlow's "triggered tf.function retracing" warning. Each instance is its own key.
-class _TrainingStep:
-    """One Adam step on a weighted minibatch; returns its mean loss and number correct.
-
-    The update calls the optimizer's own ``update_step`` per variable, as
-    ``apply_gradients`` does for an Adam without clipping, weight decay or EMA (all that
-    ``_train_phase`` creates), but not through ``apply_gradients`` itself: traced, that
-    goes through tf.distribute's ``extended.update``, after which TensorFlow's runtime kept
-    every trainable weight and both Adam moments allocated when the fit was over (8 MB per
-    fit of a 590k-weight layer, measured; the same loop of ``update_step`` kept nothing).
-    Applying the update eagerly avoided that too, but cost 1.3 s per step on ResNet50's 212
-    variables against 0.11 s traced, half a 224-px batch's forward and backward pass.
-    """
-
-    def __init__(self, model: Any, variables: list, optimizer: Any) -> None:
-        self.model = model
-        self.variables = variables
-        self.optimizer = optimizer
-
-    def __call__(self, x: Any, target: Any, weight: Any) -> tuple:
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            logits = self.model(x, training=True)
-            nll = tf.nn.sparse_softmax_cross_entropy_with_logits(target, logits)
-            loss = tf.reduce_mean(weight * nll)
-            penalty = tf.add_n(self.model.losses) if self.model.losses else 0.0
-            total = loss + penalty
-        gradients = tape.gradient(total, self.variables)
-        learning_rate = self.optimizer.learning_rate  # the schedule's value at this step
-        for gradient, variable in zip(gradients, self.variables, strict=True):
-            if gradient is None:  # a weight the loss does not reach
-                continue
-            self.optimizer.update_step(gradient, variable, learning_rate)
-            if variable.constraint is not None:
-                variable.assign(variable.constraint(variable))
-        self.optimizer.iterations.assign_add(1)
-        correct = tf.cast(tf.argmax(logits, axis=1, output_type=tf.int32) == target,
-                          tf.float32)
-        return loss, tf.reduce_sum(correct)
-
-
-class _AugmentedViewPass:
-    """Pooled frozen features of one random augmented view of each image."""
-
-    def __init__(self, augment: Any, prefix: Any, pooled: Any) -> None:
-        self.augment, self.prefix, self.pooled = augment, prefix, pooled
-
-    def __call__(self, x: Any) -> Any:
-        views = self.augment(x, training=True)
-        return self.pooled(self.prefix(views, training=False), training=False)
-
-
-def _clearly_lower(losses: np.ndarray, reference: np.ndarray) -> bool:
-    """Whether per-image ``losses`` are lower than ``reference`` by more than their noise.
-
-    The mean paired decrease must exceed one standard error of it. On a validation split
-    of a few dozen images a smaller decrease is noise: on hymenoptera (25 validation
-    images, seeds 0-4) the fine-tuning epochs that early stopping kept for any lower mean
-    loss scored, on the 153 held-out images, never above the head they replaced and up to
-    three images below it; with this rule two of those five fits keep their head.
-    """
-    decrease = reference - losses
-    if len(decrease) < 2:
-        return bool(decrease.mean() > 0)
-    standard_error = decrease.std(ddof=1) / math.sqrt(len(decrease))
-    return bool(decrease.mean() > standard_error)
 
 
 def _check_labels(y: Any, n_images: int) -> np.ndarray:
@@ -193,7 +119,8 @@ def _check_sample_weight_values(sample_weight: Any, n_images: int) -> np.ndarray
     return weight
 
 
-class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
+@register_estimator
+class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained Keras Applications backbone on your images.
 
     The backbone is truncated at ``cut``, pooled and topped with a new softmax
@@ -433,366 +360,90 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         self.verbose = verbose
         self.random_state = random_state
 
+    _parameter_checks = {
+        "backbone": Satisfies(
+            lambda value: isinstance(value, str),
+            "backbone={value} must be a backbone name (see transferkit.list_backbones()). To "
+            "fine-tune a keras.Model of your own, compile and fit it with Keras; "
+            "KerasFeatureExtractor accepts models for frozen features."),
+        "backbone_kwargs": Satisfies(optional_dict,
+                                     "backbone_kwargs must be a dict or None, got {kind}."),
+        "batch_size": Integer(1),
+        "epochs": Integer(0),
+        "head_epochs": Integer(0),
+        "head_views": Integer(0),
+        "n_iter_no_change": Integer(1),
+        "learning_rate": Real(0),
+        "head_learning_rate": Real(0),
+        "head_l2": Real(0, brackets="[)"),
+        "pooling": Options(POOLINGS, "use 'avg', 'max' or None (flatten)"),
+        "crop_fraction": Real(0, 1, "(]", "1 keeps the whole image"),
+        "dropout": Real(0, 1, "[)"),
+        "hidden_units": Integer(1, none_means="no hidden layer"),
+        "validation_fraction": Real(0, 1, "()"),
+        "head_init": Options(_HEAD_INITS, "use 'logistic' or 'adam'"),
+        "cache": Options(("auto", True, False), "use 'auto', True or False"),
+        "verbose": Satisfies(integer, "verbose={value} must be an integer (0 = silent)."),
+        "class_weight": Satisfies(
+            lambda value: value is None or isinstance(value, dict)
+            or (isinstance(value, str) and value == "balanced"),
+            "class_weight={value} must be None, 'balanced' or a dict {{label: weight}}."),
+    }
+    _keras_attributes = ("model_", "_network", "_forward")
+
     # ------------------------------------------------------------------ validation
     def _augmentations(self) -> tuple[str, ...]:
-        augment = self.augment
-        if augment is None:
-            return ()
-        if augment == "all":
-            return _AUGMENTATIONS
-        names = (augment,) if isinstance(augment, str) else tuple(augment)
-        unknown = [name for name in names if name not in _AUGMENTATIONS]
-        if unknown or not names:
-            raise ValueError(
-                f"augment={augment!r} is not supported; use None, 'all', or any of "
-                f"{_AUGMENTATIONS} (a name or a tuple of names)."
-            )
-        return tuple(name for name in _AUGMENTATIONS if name in names)
+        # Imported here: augmentation defines Keras layers, and importing transferkit must
+        # not import Keras.
+        from .augmentation import augmentation_names
 
-    def _validate_params(self) -> None:
-        def positive_int(name: str, minimum: int = 1) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) \
-                    or value < minimum:
-                raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
+        return augmentation_names(self.augment)
 
-        def positive_float(name: str, allow_zero: bool = False) -> None:
-            value = getattr(self, name)
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and (
-                value >= 0 if allow_zero else value > 0
-            )
-            if not ok or not math.isfinite(value):
-                bound = ">= 0" if allow_zero else "> 0"
-                raise ValueError(f"{name}={value!r} must be a finite number {bound}.")
-
-        if not isinstance(self.backbone, str):
-            hint = (
-                " To fine-tune a keras.Model of your own, compile and fit it with Keras; "
-                "KerasFeatureExtractor accepts models for frozen features."
-                if _is_keras_model(self.backbone) else ""
-            )
-            raise ValueError(
-                f"backbone={self.backbone!r} must be a backbone name (see "
-                f"transferkit.list_backbones()).{hint}"
-            )
-        if self.backbone_kwargs is not None and not isinstance(self.backbone_kwargs, dict):
-            raise ValueError(
-                "backbone_kwargs must be a dict or None, got "
-                f"{type(self.backbone_kwargs).__name__}."
-            )
-        positive_int("batch_size")
-        positive_int("epochs", 0)
-        positive_int("head_epochs", 0)
-        positive_int("head_views", 0)
-        positive_int("n_iter_no_change")
-        positive_float("learning_rate")
-        positive_float("head_learning_rate")
-        positive_float("head_l2", allow_zero=True)
-        if self.pooling not in _POOLINGS:
-            raise ValueError(
-                f"pooling={self.pooling!r} is not supported; use 'avg', 'max' or None (flatten)."
-            )
-        crop = self.crop_fraction
-        if not isinstance(crop, numbers.Real) or isinstance(crop, bool) or not 0 < crop <= 1:
-            raise ValueError(
-                f"crop_fraction={self.crop_fraction!r} must be a number in (0, 1]; 1 keeps the "
-                "whole image."
-            )
-        if not isinstance(self.dropout, numbers.Real) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout={self.dropout!r} must be a number in [0, 1).")
-        if self.hidden_units is not None:
-            positive_int("hidden_units")
-        if not isinstance(self.validation_fraction, numbers.Real) \
-                or not 0 < self.validation_fraction < 1:
-            raise ValueError(
-                f"validation_fraction={self.validation_fraction!r} must be in (0, 1)."
-            )
-        if self.head_init not in _HEAD_INITS:
-            raise ValueError(
-                f"head_init={self.head_init!r} is not supported; use 'logistic' or 'adam'."
-            )
+    def _check_parameters(self) -> None:
+        check_parameters(self)
         check_runtime(self.runtime)
-        if self.cache not in ("auto", True, False):
-            raise ValueError(f"cache={self.cache!r} must be 'auto', True or False.")
         if self.cache is True and self._augmentations():
             raise ValueError(
                 f"cache=True cannot be combined with augment={self.augment!r}: augmented images "
                 "change every epoch, so their activations cannot be cached. Use cache='auto'."
             )
-        if not isinstance(self.verbose, numbers.Integral):
-            raise ValueError(f"verbose={self.verbose!r} must be an integer (0 = silent).")
-        if self.class_weight is not None and self.class_weight != "balanced" \
-                and not isinstance(self.class_weight, dict):
-            raise ValueError(
-                f"class_weight={self.class_weight!r} must be None, 'balanced' or a dict "
-                "{label: weight}."
-            )
+        self._augmentations()
 
     # ------------------------------------------------------------------ building
-    def _resolve_freeze(self, full: Any, cut_layer: Any, module: str, name: str) -> Any:
-        """The last frozen layer (None: nothing frozen), checked to come before the cut."""
-        from .cut_points import list_cut_points, resolve_cut
-
-        order = {id(op): i for i, op in enumerate(full.operations)}
-        cut_position = order[id(cut_layer)]
-        if self.freeze_until is None:
-            return None
-        if isinstance(self.freeze_until, str) and self.freeze_until == "auto":
-            ends = [resolve_cut(full, block, module)
-                    for block in list_cut_points(name, self.backbone_kwargs)]
-            before = [op for op in ends if order[id(op)] < cut_position]
-            return before[-1] if before else None
-        layer = resolve_cut(full, self.freeze_until, module)
-        if order[id(layer)] > cut_position:
-            raise ValueError(
-                f"freeze_until={self.freeze_until!r} (layer {layer.name!r}) comes after "
-                f"cut={self.cut!r} (layer {cut_layer.name!r}), so it is not part of the "
-                "truncated network; choose a layer at or before the cut (see "
-                "transferkit.list_cut_points())."
-            )
-        return layer
-
     def _build(self, weights: Any, n_classes: int, seeds: dict[str, int]) -> None:
         """Build every network of the estimator; deterministic given ``seeds``."""
-        import keras
-
-        from .augmentation import CentralCrop, RandomResizedCrop, source_size
-        from .backbones import build_backbone, get_backbone_spec, resolve_input_size
-        from .cut_points import resolve_cut
-
-        layers = keras.layers
-        spec = get_backbone_spec(self.backbone)
-        size = resolve_input_size(self.input_size, spec.default_size)
-        with seeded_keras_init(seeds["init"]):
-            full = build_backbone(
-                spec.name, weights=weights, input_size=size, backbone_kwargs=self.backbone_kwargs
-            )
-        cut_layer = resolve_cut(full, self.cut, spec.module)
-        freeze_layer = self._resolve_freeze(full, cut_layer, spec.module, spec.name)
-
-        pixels = keras.Input((size[0], size[1], 3), dtype="float32", name="pixels")
-        preprocessed = spec.preprocess_input(pixels)
-        if freeze_layer is None:
-            prefix = keras.Model(pixels, preprocessed, name="frozen")
-            suffix = keras.Model(full.inputs, cut_layer.output, name="trainable")
-        else:
-            head_of_trunk = keras.Model(full.inputs, freeze_layer.output)
-            prefix = keras.Model(pixels, head_of_trunk(preprocessed), name="frozen")
-        if freeze_layer is cut_layer:
-            suffix = None  # everything is frozen: only the head is trained
-        elif freeze_layer is not None:
-            try:
-                suffix = keras.Model(freeze_layer.output, cut_layer.output, name="trainable")
-            except ValueError as exc:
-                raise ValueError(
-                    f"freeze_until={self.freeze_until!r} (layer {freeze_layer.name!r}) does not "
-                    f"split {spec.name} in two: layers after it also read earlier outputs (a "
-                    "residual connection). Use a block boundary from "
-                    f"transferkit.list_cut_points({spec.name!r})."
-                ) from exc
-        prefix.trainable = False
-        if suffix is not None and not self.train_batchnorm:
-            # Frozen statistics and no update; see the train_batchnorm docstring for why.
-            for layer in suffix.layers:
-                if isinstance(layer, layers.BatchNormalization):
-                    layer.trainable = False
-
-        with seeded_keras_init(seeds["init"] + 1):
-            activations = keras.Input(tuple(prefix.output.shape[1:]), name="frozen_output")
-            x = activations
-            if suffix is not None:
-                x = suffix(activations, training=None if self.train_batchnorm else False)
-            if len(x.shape) == 4 and self.pooling == "avg":
-                x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-            elif len(x.shape) == 4 and self.pooling == "max":
-                x = layers.GlobalMaxPooling2D(name="max_pool")(x)
-            elif len(x.shape) != 2:
-                x = layers.Flatten(name="flatten")(x)
-            pooled_net = keras.Model(activations, x, name="pooled")
-
-            regularizer = keras.regularizers.L2(self.head_l2) if self.head_l2 else None
-            features = keras.Input((int(x.shape[-1]),), name="features")
-            h = layers.Dropout(self.dropout, seed=seeds["dropout"], name="head_dropout")(features)
-            if self.hidden_units is not None:
-                h = layers.Dense(self.hidden_units, activation="relu", name="head_hidden",
-                                 kernel_regularizer=regularizer)(h)
-                h = layers.Dropout(self.dropout, seed=seeds["dropout"] + 1,
-                                   name="head_hidden_dropout")(h)
-            # Training works on logits (a saturated softmax has no gradient left to follow).
-            logits = layers.Dense(n_classes, name="head_logits",
-                                  kernel_regularizer=regularizer)(h)
-            head = keras.Model(features, logits, name="head")
-
-        trainable_net = keras.Model(activations, head(pooled_net(activations)), name="tuned")
-        # Every network below takes images loaded at the source size: the central
-        # input-size crop of them is what the backbone sees, unless training crops at random.
-        source = source_size(size, self.crop_fraction)
-        loaded = keras.Input((source[0], source[1], 3), dtype="float32", name="loaded_pixels")
-        central = CentralCrop(size[0], size[1], name="central_crop")(loaded)
-        pixel_logits = trainable_net(prefix(central, training=False))
-        self.model_ = keras.Model(
-            loaded, layers.Softmax(name="probabilities")(pixel_logits),
-            name=f"{spec.name}_finetuned",
+        network = build_finetune_network(
+            self.backbone, weights=weights, input_size=self.input_size, cut=self.cut,
+            backbone_kwargs=self.backbone_kwargs, freeze_until=self.freeze_until,
+            train_batchnorm=self.train_batchnorm, pooling=self.pooling, dropout=self.dropout,
+            hidden_units=self.hidden_units, head_l2=self.head_l2,
+            crop_fraction=self.crop_fraction, augmentations=self._augmentations(),
+            n_classes=n_classes, seeds=seeds,
         )
-        x = loaded
-        augmentations = self._augmentations()
-        if "crop" in augmentations:
-            # Inference mode keeps the central crop, so validation sees what predict sees.
-            x = RandomResizedCrop(size[0], size[1], seed=seeds["augment"], name="augment_crop")(x)
-        else:
-            x = central
-        for k, name in enumerate(augmentations):
-            seed = seeds["augment"] + 1 + k
-            if name == "flip":
-                x = layers.RandomFlip("horizontal", seed=seed, name="augment_flip")(x)
-            elif name == "rotation":
-                x = layers.RandomRotation(_ROTATION_FACTOR, seed=seed, name="augment_rotation")(x)
-            elif name == "zoom":
-                x = layers.RandomZoom(_ZOOM_FACTOR, seed=seed, name="augment_zoom")(x)
-        # Loaded pixels -> augmented pixels at the input size (identity but for the crop
-        # when there is no augmentation): also makes the augmented views of the head phase.
-        self._augment_net = keras.Model(loaded, x, name="augment")
-        self._train_net = keras.Model(
-            loaded, trainable_net(prefix(x, training=False)) if augmentations else pixel_logits,
-            name="pixels_to_logits",
-        )
-        self._frozen_net = keras.Model(loaded, prefix(central, training=False),
-                                       name="frozen_central")
-        self._prefix, self._pooled_net, self._head, self._trainable_net = (
-            prefix, pooled_net, head, trainable_net
-        )
-        self._forward = _make_forward(self.model_, source)
-        self.backbone_name_ = spec.name
-        self.cut_layer_ = cut_layer.name
-        self.freeze_layer_ = None if freeze_layer is None else freeze_layer.name
-        self.input_size_ = size
-        self.source_size_ = source
+        self._network, self.model_ = network, network.model
+        # The live network: training changes the weights after this.
+        self._forward = make_forward(self.model_, network.layout.source_size)
+        self.backbone_name_ = network.layout.backbone_name
+        self.cut_layer_ = network.layout.cut_layer
+        self.freeze_layer_ = network.freeze_layer
+        self.input_size_ = network.layout.input_size
+        self.source_size_ = network.layout.source_size
+
+    def _use_runtime(self) -> None:
+        """Run ``predict`` with ``runtime``, on the final weights of ``model_``."""
+        if self.runtime != "tensorflow":
+            self._forward = make_forward(self.model_, self.source_size_, runtime=self.runtime)
+
+    def _rebuild_networks(self, weights: Any) -> None:
+        self._build(None, len(self.classes_), self._seeds)
+        self.model_.set_weights(weights_for(weights, self.model_))
+        self._use_runtime()
 
     # ------------------------------------------------------------------ training
     def _log(self, message: str) -> None:
         logger.info(message)
         if self.verbose:
             print(message, flush=True)
-
-    def _run(self, fn: Any, inputs: Any) -> np.ndarray:
-        """Apply ``fn`` (batch -> ndarray) to cached arrays or streamed images, in batches."""
-        return self._run_many([fn], inputs)[0]
-
-    def _run_many(self, fns: list, inputs: Any) -> list[np.ndarray]:
-        """Apply every one of ``fns`` to each batch of ``inputs``, loading each batch once.
-
-        Decoding a large photograph can cost more than a small network's forward pass, so
-        passes over the same images share one decoding.
-        """
-        if isinstance(inputs, ImageCollection):
-            batches = (batch for _, batch in inputs.batches(self.source_size_, self.batch_size))
-        else:
-            batches = (inputs[i:i + self.batch_size]
-                       for i in range(0, len(inputs), self.batch_size))
-        parts: list[list[np.ndarray]] = [[] for _ in fns]
-        for batch in batches:
-            for fn, outputs in zip(fns, parts, strict=True):
-                outputs.append(fn(batch))
-        return [np.concatenate(outputs) for outputs in parts]
-
-    def _train_phase(
-        self,
-        phase: str,
-        model: Any,
-        train: Any,
-        y: np.ndarray,
-        w: np.ndarray,
-        val: Any,
-        y_val: np.ndarray | None,
-        epochs: int,
-        learning_rate: float,
-        rng: np.random.RandomState,
-        cosine_decay: bool = False,
-    ) -> dict[str, list]:
-        """Adam on ``model`` with early stopping on ``val``; the best weights are kept.
-
-        With ``cosine_decay`` the learning rate falls from ``learning_rate`` to zero over
-        the ``epochs`` along half a cosine: late epochs make small steps, so the weights
-        settle instead of jumping between minibatch noises.
-        """
-        import keras
-        import tensorflow as tf
-
-        if cosine_decay and epochs:
-            learning_rate = keras.optimizers.schedules.CosineDecay(
-                learning_rate, epochs * int(math.ceil(len(y) / self.batch_size))
-            )
-        optimizer = keras.optimizers.Adam(learning_rate)
-        variables = model.trainable_variables
-        # Create Adam's moments now: created inside the traced step, each would register
-        # conditional functions, holding zero tensors of the variable's shape, in
-        # TensorFlow's process-wide function library, never freed (~30 MB per fit).
-        optimizer.build(variables)
-        streamed = isinstance(train, ImageCollection)
-
-        step = tf.function(_TrainingStep(model, variables, optimizer), reduce_retracing=True)
-        inference = self._tensor_forward(model)
-        history: dict[str, list] = {"loss": [], "accuracy": [], "seconds": [],
-                                    "learning_rate": []}
-        if val is not None:
-            history.update(val_loss=[], val_accuracy=[])
-        def validate() -> tuple[np.ndarray, float]:
-            """Per-image validation loss and the accuracy."""
-            logits = self._run(inference, val)
-            logits = logits.astype(np.float64)
-            shifted = logits - logits.max(axis=1, keepdims=True)
-            log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-            return (-log_probs[np.arange(len(y_val)), y_val],
-                    float((logits.argmax(1) == y_val).mean()))
-
-        best_losses, best_epoch, best_weights = None, -1, None
-        if val is not None and epochs:
-            # The starting point competes too: an epoch is kept only if it beats the weights
-            # the phase started from, so fine-tuning can never end worse than the head alone.
-            best_losses, _ = validate()
-            best_weights = model.get_weights()
-            history["initial_val_loss"] = float(best_losses.mean())
-        n = len(y)
-        for epoch in range(epochs):
-            started = time.perf_counter()
-            history["learning_rate"].append(float(optimizer.learning_rate.numpy()))
-            order = rng.permutation(n)
-            total_loss, total_correct = 0.0, 0.0
-            if streamed:
-                batches = ((start, batch) for start, batch in train.take(order).batches(
-                    self.source_size_, self.batch_size))
-            else:
-                batches = ((start, train[order[start:start + self.batch_size]])
-                           for start in range(0, n, self.batch_size))
-            for start, batch in batches:
-                idx = order[start:start + len(batch)]
-                loss, correct = step(
-                    tf.convert_to_tensor(batch, tf.float32),
-                    tf.convert_to_tensor(y[idx], tf.int32),
-                    tf.convert_to_tensor(w[idx], tf.float32),
-                )
-                total_loss += float(loss) * len(idx)
-                total_correct += float(correct)
-            history["loss"].append(total_loss / n)
-            history["accuracy"].append(total_correct / n)
-            line = f"{phase} epoch {epoch + 1}/{epochs}: loss {total_loss / n:.4f}"
-            if val is not None:
-                val_losses, val_accuracy = validate()
-                val_loss = float(val_losses.mean())
-                history["val_loss"].append(val_loss)
-                history["val_accuracy"].append(val_accuracy)
-                line += (f", val_loss {val_loss:.4f}, "
-                         f"val_accuracy {history['val_accuracy'][-1]:.3f}")
-                if best_losses is None or _clearly_lower(val_losses, best_losses):
-                    best_losses, best_epoch, best_weights = val_losses, epoch, model.get_weights()
-            history["seconds"].append(time.perf_counter() - started)
-            self._log(line)
-            if val is not None and epoch - best_epoch >= self.n_iter_no_change:
-                break
-        if best_weights is not None:
-            model.set_weights(best_weights)
-        history["best_epoch"] = best_epoch if val is not None else len(history["loss"]) - 1
-        return history
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> FineTunedClassifier:
         """Train the head, then fine-tune the unfrozen layers with it.
@@ -812,7 +463,7 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         -------
         self : FineTunedClassifier
         """
-        self._validate_params()
+        self._check_parameters()
         images = as_image_collection(X)
         y = _check_labels(y, len(images))
         encoder = LabelEncoder().fit(y)
@@ -859,7 +510,10 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             self.cache is True or (self.cache == "auto" and not self._augmentations())
         )
 
-        prefix_forward = _make_forward(self._frozen_net, self.source_size_)
+        network = self._network
+        settings = PhaseSettings(self.batch_size, self.source_size_, self.n_iter_no_change,
+                                 self._log)
+        prefix_forward = make_forward(network.frozen_net, self.source_size_)
         train_images = images.take(train_idx)
         val_images = None if val_idx is None else images.take(val_idx)
         y_train = y_code[train_idx]
@@ -870,12 +524,18 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         # fine-tuning phase fitted to the central crops alone; they come from the same
         # loading of the training images as the frozen activations.
         n_augmented = self.head_views if self._augmentations() else 0
-        view_fns = [self._view_forward()] * n_augmented if n_augmented else []
-        train_act, *views = self._run_many([prefix_forward, *view_fns], train_images)
-        val_act = None if val_images is None else self._run(prefix_forward, val_images)
-        pooled_forward = self._tensor_forward(self._pooled_net)
-        train_feat = self._run(pooled_forward, train_act)
-        val_feat = None if val_act is None else self._run(pooled_forward, val_act)
+        # Loaded images -> pooled frozen features of one random augmented view of each.
+        view_fns = [make_forward(AugmentedViewPass(network.augment_net, network.prefix,
+                                                   network.pooled_net))] * n_augmented
+        train_act, *views = run_batches([prefix_forward, *view_fns], train_images,
+                                        self.source_size_, self.batch_size)
+        val_act = None if val_images is None else run_batches(
+            [prefix_forward], val_images, self.source_size_, self.batch_size)[0]
+        pooled_forward = make_forward(network.pooled_net)
+        train_feat = run_batches([pooled_forward], train_act, self.source_size_,
+                                 self.batch_size)[0]
+        val_feat = None if val_act is None else run_batches(
+            [pooled_forward], val_act, self.source_size_, self.batch_size)[0]
         groups = np.arange(len(y_train))
         if views:
             train_feat = np.concatenate([train_feat, *views])
@@ -885,107 +545,30 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
 
         shuffle_rng = np.random.RandomState(seeds["shuffle"])
         if self.head_init == "logistic" and self.hidden_units is None:
-            head_history = self._fit_logistic_head(
-                train_feat, y_head, w_head, groups, val_feat, y_val, len(classes), seeds["split"]
+            head_history = fit_logistic_head(
+                network.head, train_feat, y_head, w_head, groups, val_feat, y_val,
+                len(classes), seeds["split"], self._log,
             )
         else:
-            head_history = self._train_phase(
-                "head", self._head, train_feat, y_head, w_head, val_feat, y_val,
-                self.head_epochs, self.head_learning_rate, shuffle_rng,
+            head_history = train_phase(
+                "head", network.head, train_feat, y_head, w_head, val_feat, y_val,
+                self.head_epochs, self.head_learning_rate, shuffle_rng, settings,
             )
         self.history_ = {"head": head_history}
         self.n_trainable_weights_ = int(sum(
-            int(np.prod(v.shape)) for v in self._trainable_net.trainable_variables
+            int(np.prod(v.shape)) for v in network.trainable_net.trainable_variables
         ))
         if self.cached_:
-            tune_model, tune_train, tune_val = self._trainable_net, train_act, val_act
+            tune_model, tune_train, tune_val = network.trainable_net, train_act, val_act
         else:
             del train_act, val_act
-            tune_model, tune_train, tune_val = self._train_net, train_images, val_images
-        self.history_["finetune"] = self._train_phase(
+            tune_model, tune_train, tune_val = network.train_net, train_images, val_images
+        self.history_["finetune"] = train_phase(
             "finetune", tune_model, tune_train, y_train, w_train, tune_val, y_val,
-            self.epochs, self.learning_rate, shuffle_rng, cosine_decay=True,
+            self.epochs, self.learning_rate, shuffle_rng, settings, cosine_decay=True,
         )
         self._use_runtime()
         return self
-
-    def _use_runtime(self) -> None:
-        """Run ``predict`` with ``runtime``, on the final weights of ``model_``."""
-        if self.runtime == "openvino":
-            self._forward = make_openvino_forward(self.model_, self.source_size_)
-
-    def _fit_logistic_head(
-        self,
-        features: np.ndarray,
-        y: np.ndarray,
-        w: np.ndarray,
-        groups: np.ndarray,
-        val_features: np.ndarray | None,
-        y_val: np.ndarray | None,
-        n_classes: int,
-        seed: int,
-    ) -> dict[str, Any]:
-        """Set the linear head to a cross-validated L2 logistic regression on ``features``."""
-        from sklearn.linear_model import LogisticRegressionCV
-        from sklearn.model_selection import StratifiedGroupKFold
-
-        started = time.perf_counter()
-        # Views of one image share a group: they must not be split between the folds, or
-        # the cross-validation would score images the head has already seen.
-        per_image = y[: len(np.unique(groups))]  # views repeat the images in order
-        n_splits = int(min(3, np.bincount(per_image, minlength=n_classes).min()))
-        if n_splits >= 2:
-            # Scored on the central crops of the held-out images only: those are what
-            # predict sees, and augmented views are harder, which would favour a head
-            # regularised for images it is never asked about.
-            n_images = len(per_image)
-            cv = [(train, test[test < n_images]) for train, test in
-                  StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
-                  .split(features, y, groups)]
-            model = LogisticRegressionCV(Cs=_HEAD_CS, l1_ratios=(0.0,), cv=cv,
-                                         scoring="neg_log_loss", max_iter=2000,
-                                         use_legacy_attributes=False)
-            model.fit(features, y, sample_weight=w)
-            C = float(np.ravel(model.C_)[0])
-        else:  # a class too small to cross-validate: the usual default penalty
-            from sklearn.linear_model import LogisticRegression
-
-            C = 1.0
-            model = LogisticRegression(C=C, max_iter=2000).fit(features, y, sample_weight=w)
-        coef, intercept = model.coef_, model.intercept_
-        if coef.shape[0] == 1:  # binary: one logit difference, split between two logits
-            coef = np.concatenate([-coef / 2, coef / 2])
-            intercept = np.concatenate([-intercept / 2, intercept / 2])
-        self._head.get_layer("head_logits").set_weights(
-            [coef.T.astype(np.float32), intercept.astype(np.float32)]
-        )
-        history: dict[str, Any] = {
-            "loss": [], "accuracy": [], "seconds": [time.perf_counter() - started],
-            "learning_rate": [], "C": C, "best_epoch": -1, "views": int(len(y) // len(per_image)),
-        }
-        if val_features is not None:
-            log_probs = model.predict_log_proba(val_features)
-            history["initial_val_loss"] = float(-log_probs[np.arange(len(y_val)), y_val].mean())
-            history.update(val_loss=[], val_accuracy=[])
-        self._log(f"head: logistic regression, C={C:g} (3-fold CV)")
-        return history
-
-    def _view_forward(self):
-        """Loaded images -> pooled frozen features of one random augmented view of each."""
-        return self._numpy_pass(
-            _AugmentedViewPass(self._augment_net, self._prefix, self._pooled_net))
-
-    @classmethod
-    def _tensor_forward(cls, model: Any):
-        return cls._numpy_pass(_ForwardPass(model))
-
-    @staticmethod
-    def _numpy_pass(fn: Any):
-        """``fn`` traced, as a ``float32 batch -> ndarray`` callable."""
-        import tensorflow as tf
-
-        compiled = tf.function(fn, reduce_retracing=True)
-        return lambda batch: compiled(tf.convert_to_tensor(batch, tf.float32)).numpy()
 
     # ------------------------------------------------------------------ prediction
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -1003,7 +586,8 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "model_")
         images = as_image_collection(X)
-        probs = self._run(self._forward, images).astype(np.float64)
+        probs = run_batches([self._forward], images, self.source_size_,
+                            self.batch_size)[0].astype(np.float64)
         return probs / probs.sum(axis=1, keepdims=True)
 
     def predict(self, X: Any) -> np.ndarray:
@@ -1028,35 +612,3 @@ class FineTunedClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         tags.input_tags.three_d_array = True
         tags.non_deterministic = self.random_state is None
         return tags
-
-    # ------------------------------------------------------------------ pickling
-    _KERAS_ATTRIBUTES = (
-        "model_", "_train_net", "_prefix", "_pooled_net", "_head", "_trainable_net", "_forward",
-        "_augment_net", "_frozen_net",
-    )
-
-    def __getstate__(self) -> dict:
-        state = dict(super().__getstate__())
-        model = state.get("model_")
-        for key in self._KERAS_ATTRIBUTES:
-            state.pop(key, None)
-        if model is not None:
-            # Weights travel as arrays; the architecture is rebuilt on load without fetching
-            # any weights, so loading needs no network.
-            state["_fitted_weights"] = model.get_weights()
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        weights = state.pop("_fitted_weights", None)
-        # A classifier pickled or saved before a parameter existed gets the value that
-        # reproduces what it did then (crop_fraction=1.0: the whole image).
-        fill_absent("FineTunedClassifier", state)
-        super().__setstate__(state)
-        if weights is not None:
-            self._build(None, len(self.classes_), self._seeds)
-            if callable(weights):
-                # transferkit.load: the file's weights are read only once the network they
-                # must fit is known, so that their declared shapes are checked first.
-                weights = weights(self.model_)
-            self.model_.set_weights(weights)
-            self._use_runtime()

@@ -41,7 +41,7 @@ def _describe(index: int, item: Any) -> str:
     return f"image {index}"
 
 
-def _to_rgb_pil(img: Image.Image) -> Image.Image:
+def to_rgb_pil(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB the way a viewer would show it.
 
     Raises
@@ -156,7 +156,7 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = _to_rgb_pil(img)
+            rgb = to_rgb_pil(img)
     except ImageLoadError as exc:
         raise ImageLoadError(f"{path!r}: {exc}") from exc
     except Image.DecompressionBombError as exc:
@@ -212,7 +212,7 @@ def _pil_pixels(img: Image.Image) -> np.ndarray:
     assertion) or truncated. Every such failure becomes an :class:`ImageLoadError`.
     """
     try:
-        return np.asarray(_to_rgb_pil(img), dtype=np.uint8)
+        return np.asarray(to_rgb_pil(img), dtype=np.uint8)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as exc:
@@ -228,7 +228,7 @@ def _pil_pixels(img: Image.Image) -> np.ndarray:
         ) from exc
 
 
-def _channels_to_rgb(pixels: np.ndarray, where: str) -> np.ndarray:
+def channels_to_rgb(pixels: np.ndarray, where: str) -> np.ndarray:
     """(h, w) or (h, w, c) with c in 1, 3, 4 -> (h, w, 3)."""
     if pixels.ndim == 2:
         return np.repeat(pixels[..., None], 3, axis=-1)
@@ -426,7 +426,7 @@ class ImageCollection:
             if isinstance(item, Image.Image):
                 pixels = _pil_pixels(item)
             else:
-                pixels = _channels_to_rgb(np.asarray(item), _describe(i, item))
+                pixels = channels_to_rgb(np.asarray(item), _describe(i, item))
                 _check_pixel_values(pixels[None], i, "the input")
             return resize_image(pixels, size)
         except FileNotFoundError as exc:
@@ -444,7 +444,7 @@ class ImageCollection:
         if chunk.shape[1:3] == size and chunk.shape[-1] == 3:
             # astype copies: the caller's array is never handed to code that may write to it.
             return chunk.astype(np.float32)
-        rgb = _channels_to_rgb(chunk, "the input")
+        rgb = channels_to_rgb(chunk, "the input")
         out = np.empty((len(chunk), size[0], size[1], 3), dtype=np.float32)
         for j, pixels in enumerate(rgb):
             out[j] = resize_image(pixels, size)

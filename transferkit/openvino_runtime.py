@@ -129,10 +129,10 @@ def make_openvino_forward(model: Any, size: tuple[int, int]) -> _OpenVINOForward
     import openvino
     import tensorflow as tf
 
-    from .extractor import _ForwardPass
+    from .keras_setup import ForwardPass
 
     spec = tf.TensorSpec((None, size[0], size[1], 3), tf.float32)
-    traced = tf.function(_ForwardPass(model)).get_concrete_function(spec)
+    traced = tf.function(ForwardPass(model)).get_concrete_function(spec)
     converted = _features_only(openvino.convert_model(traced), traced.outputs[0].name)
     compiled = _openvino_core().compile_model(converted, "CPU", {
         # float32 arithmetic everywhere: on CPUs with bfloat16 units OpenVINO would

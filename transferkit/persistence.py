@@ -50,7 +50,6 @@ Examples
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import os
@@ -75,6 +74,7 @@ from .model_file import (
     sha256,
     write_archive,
 )
+from .pickling import VALUES_BEFORE_THEY_EXISTED, WEIGHTS_KEY, fill_absent
 from .plain_data import Unrepresentable, decode_mapping, encode
 
 __all__ = [
@@ -84,6 +84,7 @@ __all__ = [
     "FileVersionWarning",
     "ModelFileError",
     "load",
+    "register_estimator",
     "save",
 ]
 
@@ -103,29 +104,6 @@ ESTIMATORS = ("KerasFeatureExtractor", "FineTunedClassifier")
 """The only classes a file may name. A name, never a module path: loading imports nothing
 that the file chooses."""
 
-VALUES_BEFORE_THEY_EXISTED: dict[str, dict[str, Any]] = {
-    "KerasFeatureExtractor": {
-        # 83565a6, the feature cache: nothing was cached before it. Without a fingerprint
-        # nothing is, which is right for an old estimator: its weights need not be those a
-        # fresh build with its parameters gives, so its features must not share a cache key.
-        "cache": None,
-        "_fingerprint_": None,
-        "precision": "float32",  # 83565a6
-        "on_error": "raise",  # 270a115
-        "crop_fraction": 1.0,  # f5342cf: the whole image was resized to the input size
-        "runtime": "tensorflow",  # 29e4772
-    },
-    "FineTunedClassifier": {
-        "head_init": "adam",  # f2c7f56: the head was trained by Adam
-        "crop_fraction": 1.0,  # 188a806: the whole image was resized to the input size
-        "head_views": 0,  # 188a806: the head learned from the images alone
-        "runtime": "tensorflow",  # 93a9096
-    },
-}
-"""For each estimator, parameters and attributes added after its first release, mapped to
-the value that reproduces what it did before they existed. What a file or a pickle lacks is
-filled from here (:func:`fill_absent`), by :func:`load` and by ``__setstate__`` alike."""
-
 _UNSET: Any = object()
 
 
@@ -133,41 +111,30 @@ class FileVersionWarning(UserWarning):
     """A file was written in an older format, or by another transferkit version."""
 
 
-def fill_absent(estimator: str, state: dict[str, Any], keys: Any = None) -> list[str]:
-    """Give ``state`` the values of :data:`VALUES_BEFORE_THEY_EXISTED` it lacks.
-
-    Parameters
-    ----------
-    estimator : str
-        The class name, one of :data:`ESTIMATORS`.
-    state : dict
-        Parameters and attributes, updated in place.
-    keys : collection of str, default=None
-        Fill only these names (None: all of the table).
-
-    Returns
-    -------
-    filled : list of str
-        The names that were absent and were filled.
-    """
-    filled = []
-    for key, value in VALUES_BEFORE_THEY_EXISTED[estimator].items():
-        if key not in state and (keys is None or key in keys):
-            state[key] = copy.deepcopy(value)
-            filled.append(key)
-    return filled
-
-
 # ---------------------------------------------------------------------- helpers
-def _estimator_classes() -> dict[str, type]:
-    # Imported here, not at module level: the estimator modules import this one's users.
-    from .extractor import KerasFeatureExtractor
-    from .finetune import FineTunedClassifier
+_REGISTERED: dict[str, type] = {}
 
-    classes = {"KerasFeatureExtractor": KerasFeatureExtractor,
-               "FineTunedClassifier": FineTunedClassifier}
-    assert set(classes) == set(ESTIMATORS) == set(VALUES_BEFORE_THEY_EXISTED)
-    return classes
+
+def register_estimator(cls: type) -> type:
+    """Class decorator: let :func:`save` and :func:`load` handle ``cls``.
+
+    The estimator modules register their classes, so that this module never imports
+    them (they import it, for :class:`SaveMixin`). Only the names of :data:`ESTIMATORS`
+    can be registered: a file can never name anything else.
+    """
+    if cls.__name__ not in ESTIMATORS:
+        raise ValueError(f"{cls.__name__} is not one of the estimators files hold: "
+                         f"{ESTIMATORS}.")
+    _REGISTERED[cls.__name__] = cls
+    return cls
+
+
+def _estimator_classes() -> dict[str, type]:
+    # Importing transferkit imports both estimator modules, which register themselves.
+    missing = set(ESTIMATORS) - set(_REGISTERED)
+    if missing:
+        raise RuntimeError(f"{sorted(missing)} not registered: import transferkit first.")
+    return dict(_REGISTERED)
 
 
 def _versions() -> dict[str, str | None]:
@@ -260,7 +227,7 @@ def save(estimator: Any, path: str | os.PathLike) -> Path:
 
     # The pickling state: exactly what __setstate__ turns back into a working estimator.
     state = dict(estimator.__getstate__())
-    weights = state.pop("_fitted_weights", None)
+    weights = state.pop(WEIGHTS_KEY, None)
     params = estimator.get_params(deep=False)
     attributes = {key: value for key, value in state.items() if key not in params}
     try:
@@ -430,7 +397,7 @@ def _load_archive(archive: ModelArchive, estimator_class: type | None, cache: An
         ) from exc
     state = {**estimator.__dict__, **attributes}
     if fitted:
-        state["_fitted_weights"] = _WeightsFromFile(where, weights, manifest, name)
+        state[WEIGHTS_KEY] = _WeightsFromFile(where, weights, manifest, name)
     try:
         # The unpickling path: rebuilds the architecture without fetching any weights, has
         # _WeightsFromFile check the file against it and read the weights, and sets them.

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .workers import _pack, _ready_estimator, model_builds
+from .workers import model_builds, pack, ready_estimator
 
 __all__ = ["features_udf", "model_builds", "predict_udf"]
 
@@ -71,7 +71,7 @@ def _as_images(values: np.ndarray) -> list[Any]:
 def _batch_size(batch_size: Any, estimator: Any) -> int:
     if batch_size is None:
         # The estimator's own forward-pass batch, so Spark's batches map onto whole passes.
-        from .extractor import default_batch_size
+        from .keras_setup import default_batch_size
 
         batch_size = estimator.get_params().get("batch_size") or default_batch_size()
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) \
@@ -123,16 +123,16 @@ def features_udf(extractor: Any, *, batch_size: int | None = None) -> Callable[.
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql.types import ArrayType, FloatType
 
-    from .workers import _feature_names
+    from .workers import feature_names
 
     batch = _batch_size(batch_size, extractor)
     # Fails here, on the driver, for an estimator that has no features to give.
-    _feature_names(extractor)
-    token, blob = _pack(extractor)
+    feature_names(extractor)
+    token, blob = pack(extractor)
 
     def make_predict_fn() -> Callable[[np.ndarray], np.ndarray]:
         # Runs on the executor, once per Python worker (predict_batch_udf caches the result).
-        estimator = _ready_estimator(token, blob)
+        estimator = ready_estimator(token, blob)
 
         def predict(values: np.ndarray) -> np.ndarray:
             return np.asarray(estimator.transform(_as_images(values)), dtype=np.float32)
@@ -213,10 +213,10 @@ def predict_udf(estimator: Any, *, batch_size: int | None = None) -> Callable[..
         StructField("probability", ArrayType(DoubleType())),
     ])
     batch = _batch_size(batch_size, estimator)
-    token, blob = _pack(estimator)
+    token, blob = pack(estimator)
 
     def make_predict_fn() -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-        model = _ready_estimator(token, blob)
+        model = ready_estimator(token, blob)
 
         def predict(values: np.ndarray) -> dict[str, np.ndarray]:
             proba = np.asarray(model.predict_proba(_as_images(values)), dtype=np.float64)

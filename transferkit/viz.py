@@ -97,12 +97,12 @@ def _positive_int(name: str, value: Any) -> int:
 
 def _display_pixels(image: Any) -> np.ndarray:
     """One image (path, PIL image or array) as (h, w, 3) uint8 at its own resolution."""
-    from .image_input import _channels_to_rgb, _to_rgb_pil, load_image
+    from .image_input import channels_to_rgb, load_image, to_rgb_pil
 
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
     if isinstance(image, Image.Image):
-        return np.asarray(_to_rgb_pil(image), dtype=np.uint8)
+        return np.asarray(to_rgb_pil(image), dtype=np.uint8)
     pixels = np.asarray(image)
     if pixels.ndim == 4 and pixels.shape[0] == 1:
         pixels = pixels[0]
@@ -111,7 +111,7 @@ def _display_pixels(image: Any) -> np.ndarray:
             f"image is an array of shape {pixels.shape}; expected one image of shape (height, "
             "width) or (height, width, channels). To look at image i of a batch, pass X[i]."
         )
-    rgb = _channels_to_rgb(pixels, "image")
+    rgb = channels_to_rgb(pixels, "image")
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
@@ -145,64 +145,7 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def _sub_model(outer: Any, sub: Any) -> bool:
-    import keras
-
-    return isinstance(sub, keras.Model) and sub is not outer
-
-
-def _is_chain(model: Any) -> bool:
-    """Whether a functional model is a plain sequence of single-input, single-use layers.
-
-    Bare operations (``keras.ops`` calls such as the ``x / 127.5`` of a preprocessing) are
-    excluded: they may hold a second operand that calling them on one tensor would drop.
-    """
-    import keras
-
-    by_depth = getattr(model, "_nodes_by_depth", None)
-    if not by_depth or len(model.inputs) != 1 or len(model.outputs) != 1:
-        return False
-    return (
-        all(len(nodes) == 1 for nodes in by_depth.values())
-        and len(by_depth) == len(model.operations)
-        and all(isinstance(op, keras.layers.Layer) for op in model.operations)
-    )
-
-
-def _flat_steps(model: Any) -> list[Any]:
-    """The operations of a chain model in call order, nested chains expanded.
-
-    Nested models that are not chains (a residual backbone) stay whole: their output is
-    what matters here, not their inside.
-    """
-    import keras
-
-    steps: list[Any] = []
-    for op in model.operations:
-        if isinstance(op, keras.layers.InputLayer):
-            continue
-        if _sub_model(model, op) and _is_chain(op):
-            steps.extend(_flat_steps(op))
-        else:
-            steps.append(op)
-    return steps
-
-
 # ---------------------------------------------------------------------------- activations
-def _trunk_of(extractor: Any) -> Any:
-    """The truncated backbone nested in a fitted KerasFeatureExtractor's ``model_``."""
-    import keras
-
-    trunks = [op for op in extractor.model_.operations if isinstance(op, keras.Model)]
-    if len(trunks) != 1:
-        raise RuntimeError(
-            f"Cannot find the backbone inside {extractor.model_.name!r}: expected exactly one "
-            f"nested keras.Model, found {len(trunks)}. This transferkit.viz does not match the "
-            "installed KerasFeatureExtractor; reinstall transferkit."
-        )
-    return trunks[0]
-
-
 def activation_maps(extractor: Any, image: Any, *, layer: str | int | None = None) -> np.ndarray:
     """Activations of one layer of a feature extractor's backbone for one image.
 
@@ -240,6 +183,7 @@ def activation_maps(extractor: Any, image: Any, *, layer: str | int | None = Non
     from .backbones import get_backbone_spec
     from .cut_points import resolve_cut
     from .extractor import KerasFeatureExtractor
+    from .network import trunk_of
 
     if not isinstance(extractor, KerasFeatureExtractor):
         raise TypeError(
@@ -249,7 +193,7 @@ def activation_maps(extractor: Any, image: Any, *, layer: str | int | None = Non
         )
     if not hasattr(extractor, "model_"):
         extractor.fit()
-    trunk = _trunk_of(extractor)
+    trunk = trunk_of(extractor.model_)
     user_model = getattr(extractor, "preprocessing_", None) == "user_model"
     spec = None if user_model else get_backbone_spec(extractor.backbone_name_)
     try:
@@ -394,6 +338,7 @@ def grad_cam(classifier: Any, image: Any, *, target: Any = None) -> np.ndarray:
 
     from .augmentation import central_offsets
     from .finetune import FineTunedClassifier
+    from .finetune_network import explanation_parts
 
     if not isinstance(classifier, FineTunedClassifier):
         raise TypeError(
@@ -410,32 +355,20 @@ def grad_cam(classifier: Any, image: Any, *, target: Any = None) -> np.ndarray:
     display = _display_pixels(image)
 
     model = classifier.model_
-    steps = _flat_steps(model)
-    spatial = [i for i, step in enumerate(steps) if len(step.output.shape) == 4]
-    if not spatial:
-        raise RuntimeError(
-            f"{model.name!r} has no spatial feature map to explain (no 4-D output among "
-            f"{[s.name for s in steps]})."
-        )
-    split = spatial[-1]
-    # Grad-CAM explains a score, not a probability: the softmax saturates and its gradient
-    # vanishes for confident predictions.
-    last = len(steps) - 1 if isinstance(steps[-1], keras.layers.Softmax) else len(steps)
-
+    to_map, to_logits = explanation_parts(model)
     x = tf.convert_to_tensor(pixels)
-    for step in steps[: split + 1]:
-        x = step(x, training=False)
+    x = to_map(x, training=False)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        scores = x
-        for step in steps[split + 1 : last]:
-            scores = step(scores, training=False)
-        probabilities = scores if last == len(steps) else steps[-1](scores)
+        # Grad-CAM explains a score, not a probability: the softmax saturates and its
+        # gradient vanishes for confident predictions.
+        scores = to_logits(x, training=False)
+        probabilities = tf.nn.softmax(scores)
         expected = model(pixels, training=False)
         if not np.allclose(probabilities.numpy(), keras.ops.convert_to_numpy(expected),
                            atol=1e-4):
             raise RuntimeError(
-                f"Re-running {model.name!r} step by step does not reproduce its output, so "
+                f"Re-running {model.name!r} in two parts does not reproduce its output, so "
                 "its gradients cannot be trusted; this transferkit.viz does not match the "
                 "installed FineTunedClassifier."
             )

@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-__all__ = ["model_builds"]
+__all__ = ["feature_names", "model_builds", "pack", "ready_estimator"]
 
 # A worker process keeps the few estimators it was most recently asked for, ready to use.
 # Four, like the model memo of the extractor: enough for the candidates of a small search
@@ -81,7 +81,7 @@ def _portable(estimator: Any) -> Any:
     return estimator
 
 
-def _pack(estimator: Any) -> tuple[str, bytes]:
+def pack(estimator: Any) -> tuple[str, bytes]:
     """``(token, pickled portable estimator)``; the token names it in every process."""
     import cloudpickle  # a dependency of both Dask and PySpark
 
@@ -103,7 +103,7 @@ def _make_ready(estimator: Any) -> Any:
     return estimator
 
 
-def _ready_estimator(token: str, blob: bytes) -> Any:
+def ready_estimator(token: str, blob: bytes) -> Any:
     """This process's ready-to-use copy of the packed estimator, built on first request."""
     global _builds
     # One lock around the build too: two threads of a worker asking for the same model at
@@ -121,7 +121,7 @@ def _ready_estimator(token: str, blob: bytes) -> Any:
         return estimator
 
 
-def _feature_names(extractor: Any) -> list[str]:
+def feature_names(extractor: Any) -> list[str]:
     """Output column names, without loading any weights in this (the client) process."""
     from sklearn.base import is_classifier
 

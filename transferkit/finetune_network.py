@@ -1,0 +1,240 @@
+"""The networks of a fine-tuned classifier: which layers are frozen, the head, the views.
+
+Owns what :class:`transferkit.FineTunedClassifier` trains and predicts with, built from
+one backbone (:func:`transferkit.network.build_trunk`) and deterministic given its seeds:
+the frozen prefix (preprocessing and every layer up to ``freeze_until``), the trainable
+rest up to the cut, pooling, the new head, the augmentation in front, and the networks
+composed of them (:class:`FineTuneNetwork`). Also where ``freeze_until`` is resolved
+against the cut (:func:`resolve_freeze`), and how a fitted classifier's network splits at
+its last feature map for Grad-CAM (:func:`explanation_parts`).
+
+Does not own: training those networks (:mod:`transferkit.training`), running them on
+batches (:mod:`transferkit.network`), the estimator's parameters or its fitted attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .keras_setup import seeded_keras_init
+from .network import NetworkLayout, build_trunk, pool
+
+__all__ = ["FineTuneNetwork", "build_finetune_network", "explanation_parts", "resolve_freeze"]
+
+
+@dataclass
+class FineTuneNetwork:
+    """Every network of one fine-tuned classifier; they share their layers and weights.
+
+    Attributes
+    ----------
+    model : keras.Model
+        Images at the source size -> class probabilities: central crop, frozen prefix,
+        trainable part, pooling, head, softmax. What ``predict`` runs and pickles carry.
+    train_net : keras.Model
+        Images at the source size -> logits through the augmentation (what training runs
+        when the frozen activations are not cached).
+    frozen_net : keras.Model
+        Images at the source size -> frozen activations of their central crop.
+    augment_net : keras.Model
+        Images at the source size -> one augmented view at the input size.
+    prefix : keras.Model
+        Input-size pixels -> frozen activations (preprocessing included); not trainable.
+    trainable_net : keras.Model
+        Frozen activations -> logits (trainable part, pooling, head).
+    pooled_net : keras.Model
+        Frozen activations -> pooled features.
+    head : keras.Model
+        Pooled features -> logits.
+    layout : NetworkLayout
+        ``n_features`` is the number of classes.
+    freeze_layer : str or None
+        The last frozen layer, None when nothing is frozen.
+    """
+
+    model: Any
+    train_net: Any
+    frozen_net: Any
+    augment_net: Any
+    prefix: Any
+    trainable_net: Any
+    pooled_net: Any
+    head: Any
+    layout: NetworkLayout
+    freeze_layer: str | None
+
+
+def resolve_freeze(full: Any, cut_layer: Any, freeze_until: Any, *, module: str, name: str,
+                   backbone_kwargs: dict | None, cut: Any) -> Any:
+    """The last frozen layer (None: nothing frozen), checked to come before the cut."""
+    from .cut_points import list_cut_points, resolve_cut
+
+    order = {id(op): i for i, op in enumerate(full.operations)}
+    cut_position = order[id(cut_layer)]
+    if freeze_until is None:
+        return None
+    if isinstance(freeze_until, str) and freeze_until == "auto":
+        ends = [resolve_cut(full, block, module)
+                for block in list_cut_points(name, backbone_kwargs)]
+        before = [op for op in ends if order[id(op)] < cut_position]
+        return before[-1] if before else None
+    layer = resolve_cut(full, freeze_until, module)
+    if order[id(layer)] > cut_position:
+        raise ValueError(
+            f"freeze_until={freeze_until!r} (layer {layer.name!r}) comes after "
+            f"cut={cut!r} (layer {cut_layer.name!r}), so it is not part of the "
+            "truncated network; choose a layer at or before the cut (see "
+            "transferkit.list_cut_points())."
+        )
+    return layer
+
+
+def build_finetune_network(
+    backbone: str,
+    *,
+    weights: Any,
+    input_size: Any,
+    cut: Any,
+    backbone_kwargs: dict | None,
+    freeze_until: Any,
+    train_batchnorm: bool,
+    pooling: str | None,
+    dropout: float,
+    hidden_units: int | None,
+    head_l2: float,
+    crop_fraction: float,
+    augmentations: tuple[str, ...],
+    n_classes: int,
+    seeds: dict[str, int],
+) -> FineTuneNetwork:
+    """Build every network of a fine-tuned classifier; deterministic given ``seeds``.
+
+    Parameters are those of :class:`transferkit.FineTunedClassifier` (``augmentations``
+    as :func:`transferkit.augmentation.augmentation_names` gives them); ``seeds`` has the
+    keys ``"init"``, ``"dropout"`` and ``"augment"``.
+
+    Returns
+    -------
+    FineTuneNetwork
+    """
+    import keras
+
+    from .augmentation import CentralCrop, augmented, source_size
+
+    layers = keras.layers
+    trunk = build_trunk(backbone, weights=weights, input_size=input_size, cut=cut,
+                        backbone_kwargs=backbone_kwargs, random_state=seeds["init"])
+    full, cut_layer, size = trunk.full, trunk.cut_layer, trunk.input_size
+    freeze_layer = resolve_freeze(full, cut_layer, freeze_until, module=trunk.module,
+                                  name=trunk.name, backbone_kwargs=backbone_kwargs, cut=cut)
+
+    pixels = keras.Input((size[0], size[1], 3), dtype="float32", name="pixels")
+    preprocessed = trunk.preprocess(pixels)
+    if freeze_layer is None:
+        prefix = keras.Model(pixels, preprocessed, name="frozen")
+        suffix = keras.Model(full.inputs, cut_layer.output, name="trainable")
+    else:
+        head_of_trunk = keras.Model(full.inputs, freeze_layer.output)
+        prefix = keras.Model(pixels, head_of_trunk(preprocessed), name="frozen")
+    if freeze_layer is cut_layer:
+        suffix = None  # everything is frozen: only the head is trained
+    elif freeze_layer is not None:
+        try:
+            suffix = keras.Model(freeze_layer.output, cut_layer.output, name="trainable")
+        except ValueError as exc:
+            raise ValueError(
+                f"freeze_until={freeze_until!r} (layer {freeze_layer.name!r}) does not "
+                f"split {trunk.name} in two: layers after it also read earlier outputs (a "
+                "residual connection). Use a block boundary from "
+                f"transferkit.list_cut_points({trunk.name!r})."
+            ) from exc
+    prefix.trainable = False
+    if suffix is not None and not train_batchnorm:
+        # Frozen statistics and no update; see the train_batchnorm docstring for why.
+        for layer in suffix.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = False
+
+    with seeded_keras_init(seeds["init"] + 1):
+        activations = keras.Input(tuple(prefix.output.shape[1:]), name="frozen_output")
+        x = activations
+        if suffix is not None:
+            x = suffix(activations, training=None if train_batchnorm else False)
+        x = pool(x, pooling)
+        pooled_net = keras.Model(activations, x, name="pooled")
+
+        regularizer = keras.regularizers.L2(head_l2) if head_l2 else None
+        features = keras.Input((int(x.shape[-1]),), name="features")
+        h = layers.Dropout(dropout, seed=seeds["dropout"], name="head_dropout")(features)
+        if hidden_units is not None:
+            h = layers.Dense(hidden_units, activation="relu", name="head_hidden",
+                             kernel_regularizer=regularizer)(h)
+            h = layers.Dropout(dropout, seed=seeds["dropout"] + 1,
+                               name="head_hidden_dropout")(h)
+        # Training works on logits (a saturated softmax has no gradient left to follow).
+        logits = layers.Dense(n_classes, name="head_logits", kernel_regularizer=regularizer)(h)
+        head = keras.Model(features, logits, name="head")
+
+    trainable_net = keras.Model(activations, head(pooled_net(activations)), name="tuned")
+    # Every network below takes images loaded at the source size: the central
+    # input-size crop of them is what the backbone sees, unless training crops at random.
+    source = source_size(size, crop_fraction)
+    loaded = keras.Input((source[0], source[1], 3), dtype="float32", name="loaded_pixels")
+    central = CentralCrop(size[0], size[1], name="central_crop")(loaded)
+    pixel_logits = trainable_net(prefix(central, training=False))
+    model = keras.Model(loaded, layers.Softmax(name="probabilities")(pixel_logits),
+                        name=f"{trunk.name}_finetuned")
+    # Loaded pixels -> augmented pixels at the input size (identity but for the crop
+    # when there is no augmentation): also makes the augmented views of the head phase.
+    views = augmented(loaded, augmentations, size, seeds["augment"], central)
+    augment_net = keras.Model(loaded, views, name="augment")
+    train_net = keras.Model(
+        loaded, trainable_net(prefix(views, training=False)) if augmentations else pixel_logits,
+        name="pixels_to_logits",
+    )
+    frozen_net = keras.Model(loaded, prefix(central, training=False), name="frozen_central")
+    layout = NetworkLayout(trunk.name, cut_layer.name, size, source, trunk.preprocessing,
+                           n_classes)
+    return FineTuneNetwork(model, train_net, frozen_net, augment_net, prefix, trainable_net,
+                           pooled_net, head, layout,
+                           None if freeze_layer is None else freeze_layer.name)
+
+
+def explanation_parts(model: Any) -> tuple[Any, Any]:
+    """Split a fitted classifier's ``model_`` at its last spatial feature map, for Grad-CAM.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The ``model`` of a :class:`FineTuneNetwork` (``FineTunedClassifier.model_``).
+
+    Returns
+    -------
+    to_map : keras.Model
+        Images at the source size -> the cut layer's output for their central crop.
+    to_logits : keras.Model
+        That map -> class scores before the softmax (pooling and head).
+    """
+    import keras
+
+    central = model.get_layer("central_crop")
+    prefix = model.get_layer("frozen")
+    tuned = model.get_layer("tuned")
+    pooled, head = tuned.get_layer("pooled"), tuned.get_layer("head")
+    names = [layer.name for layer in pooled.layers]
+    # The trainable part up to the cut is absent when everything is frozen.
+    suffix = pooled.get_layer("trainable") if "trainable" in names else None
+    pooling = [pooled.get_layer(name) for name in names
+               if name in ("avg_pool", "max_pool", "flatten")]
+    images = model.inputs[0]
+    feature_map = prefix(central(images), training=False)
+    if suffix is not None:
+        feature_map = suffix(feature_map, training=False)
+    to_map = keras.Model(images, feature_map, name="images_to_feature_map")
+    spatial = keras.Input(tuple(feature_map.shape[1:]), name="feature_map")
+    x = spatial
+    for layer in pooling:
+        x = layer(x)
+    to_logits = keras.Model(spatial, head(x, training=False), name="feature_map_to_logits")
+    return to_map, to_logits
