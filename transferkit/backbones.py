@@ -35,6 +35,7 @@ __all__ = [
     "BackboneSpec",
     "WeightsUnavailableError",
     "build_backbone",
+    "build_smallest",
     "get_backbone_spec",
     "list_backbones",
     "resolve_input_size",
@@ -410,6 +411,23 @@ def resolve_input_size(input_size: None | int | tuple[int, int], default: int) -
 def _small_input_size(spec: BackboneSpec) -> int:
     """Smallest square side the constructor accepts: the cheapest model to build."""
     return _MIN_INPUT_SIZE_BY_MODULE.get(spec.module, _DEFAULT_MIN_INPUT_SIZE)
+
+
+def build_smallest(backbone: str, backbone_kwargs: dict[str, Any] | None = None) -> keras.Model:
+    """The backbone with random weights at the smallest input size it accepts.
+
+    The cheapest model that has every layer of the architecture: what reading its layer
+    graph (cut points, say) needs.
+    """
+    spec = get_backbone_spec(backbone)
+    kwargs = _check_backbone_kwargs(backbone_kwargs, spec)
+    side = _small_input_size(spec)
+    try:
+        return _construct(spec, weights=None, input_size=(side, side), kwargs=kwargs)
+    except ValueError:
+        # A constructor transferkit does not know may need more than the usual minimum.
+        side = spec.default_size
+        return _construct(spec, weights=None, input_size=(side, side), kwargs=kwargs)
 
 
 def _check_backbone_kwargs(

@@ -257,24 +257,12 @@ def list_cut_points(
             if is_cut and not _is_input_layer(op)
         ]
 
-    from transferkit.backbones import (
-        _check_backbone_kwargs,
-        _construct,
-        _small_input_size,
-        get_backbone_spec,
-    )
+    from .backbones import build_smallest, get_backbone_spec
 
     spec = get_backbone_spec(backbone)
     key = _cache_key(spec.name, backbone_kwargs)
     if key not in _CUT_POINT_CACHE:
-        kwargs = _check_backbone_kwargs(backbone_kwargs, spec)
-        side = _small_input_size(spec)
-        try:
-            model = _construct(spec, weights=None, input_size=(side, side), kwargs=kwargs)
-        except ValueError:
-            # A constructor transferkit does not know may need more than the usual minimum.
-            side = spec.default_size
-            model = _construct(spec, weights=None, input_size=(side, side), kwargs=kwargs)
+        model = build_smallest(spec.name, backbone_kwargs)
         operations, articulation = _graph(model)
         _CUT_POINT_CACHE[key] = list(_block_ends(operations, articulation, spec.module))
     return list(_CUT_POINT_CACHE[key])
