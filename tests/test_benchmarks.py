@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from .conftest import REPO
@@ -79,3 +80,33 @@ def test_cache_keys_reports_content_and_stat_keys_against_decoding():
     for key in ("stat_key_us", "content_key_first_us", "content_key_again_us", "decode_us",
                 "first_key_over_decode"):
         assert positive(report[key]), key
+
+
+def test_transfer_suite_runs_the_four_methods_on_a_folder_of_classes(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, low in (("dark", 0), ("bright", 150), ("mid", 70)):
+        (tmp_path / label).mkdir()
+        for i in range(8):
+            pixels = rng.integers(low, low + 100, size=(40, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / label / f"{i}.png")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "transfer_suite.py"), str(tmp_path),
+         "--quick"],
+        capture_output=True, text=True, timeout=1200,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["quick"] is True
+    assert report["data"]["images_per_class"] == {"bright": 8, "dark": 8, "mid": 8}
+    (run,) = report["runs"]
+    # 8 per class drawn, 20% of 24 held out, stratified.
+    assert (run["train_images"], run["test_images"]) == (19, 5)
+    for method in ("hand_probe", "transferkit_probe", "fine_tuned"):
+        assert 0 <= run[method]["accuracy"] <= 1 and positive(run[method]["fit_seconds"])
+    assert 0 <= run["hand_recipe"]["best_accuracy"] <= 1
+    assert set(report["summary"]["targets_met"]) == {
+        "hand_probe_plus_0.02", "hand_recipe_plus_0.05", "time_at_most_15x_probe",
+        "finetune_epoch_kept_every_seed"}
