@@ -304,6 +304,39 @@ def test_head_phase_loads_each_training_image_once_for_all_its_views(tmp_path, d
     assert sorted(loads) == sorted(paths) and set(loads.values()) == {1}
 
 
+def _png_paths(folder, images) -> list[str]:
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(folder / f"{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+def test_fine_tuning_epochs_decode_each_image_once_and_learn_the_same(tmp_path, data,
+                                                                      monkeypatch):
+    from collections import Counter
+
+    from transferkit import finetune, image_input
+
+    X, y = data
+    paths = _png_paths(tmp_path, X)
+    loads = Counter()
+    load_image = image_input.load_image
+    monkeypatch.setattr(image_input, "load_image",
+                        lambda path, size=None: loads.update([path]) or load_image(path, size))
+    # Augmented, so the epochs run on images (not on cached activations), with validation.
+    params = {"augment": ("crop", "flip"), "head_views": 1, "epochs": 3,
+              "early_stopping": True, "validation_fraction": 0.25}
+    held = tiny(**params).fit(paths, y)
+    assert sorted(loads) == sorted(paths) and set(loads.values()) == {1}
+    assert len(held.history_["finetune"]["loss"]) >= 1
+    monkeypatch.setattr(finetune, "_DECODED_PIXELS_MAX_BYTES", 0)  # stream every epoch
+    loads.clear()
+    streamed = tiny(**params).fit(paths, y)
+    assert min(loads.values()) > 1
+    np.testing.assert_array_equal(held.predict_proba(paths), streamed.predict_proba(paths))
+
+
 def test_pixels_outside_the_central_crop_do_not_change_predictions(data):
     X, y = data
     clf = tiny(crop_fraction=0.5, epochs=1).fit(X, y)

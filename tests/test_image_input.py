@@ -193,3 +193,25 @@ def test_streamed_batches_keep_input_order_with_many_threads(tmp_path, rng_image
         [b for _, b in as_image_collection([paths[i] for i in order]).batches(SIZE, 4, 8)]
     )
     np.testing.assert_array_equal(out, _collect(rng_images)[order])
+
+
+def test_held_in_memory_keeps_decoded_pixels_bit_identical(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(paths[-1])
+    images = as_image_collection(paths)
+    held = images.held_in_memory((24, 32), batch_size=2, max_bytes=2**20)
+    assert not held.is_streamed and held.array.dtype == np.uint8
+    decoded = np.concatenate([b for _, b in images.batches((24, 32), 2)])
+    from_memory = np.concatenate([b for _, b in held.batches((24, 32), 2)])
+    np.testing.assert_array_equal(from_memory, decoded)
+
+
+def test_held_in_memory_streams_what_does_not_fit_or_is_not_integer(tmp_path):
+    rng = np.random.default_rng(0)
+    images = as_image_collection([rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)] * 3)
+    assert images.held_in_memory((8, 8), 2, max_bytes=8 * 8 * 3 * 3 - 1) is images
+    fractional = as_image_collection([rng.uniform(0, 255, (8, 8, 3))] * 3)
+    assert fractional.held_in_memory((8, 8), 2, max_bytes=2**20) is fractional

@@ -418,6 +418,28 @@ class ImageCollection:
             return [_array_key(pixels) for pixels in self.array]
         return [content_key(item) for item in self.items]
 
+    def held_in_memory(self, size: tuple[int, int], batch_size: int,
+                       max_bytes: int) -> ImageCollection:
+        """These images decoded once, at ``size``, and kept as uint8 pixels in memory.
+
+        For work that reads the same images many times (training epochs): later batches
+        are copied from memory instead of decoded and resized again, and are bit-identical
+        to what decoding gives. Returns the collection itself when it is not streamed,
+        when the pixels would take more than ``max_bytes``, or when an image does not
+        decode to integer pixel values (a float array in a list), which uint8 cannot hold
+        exactly.
+        """
+        n_bytes = len(self) * size[0] * size[1] * 3
+        if not self.is_streamed or n_bytes > max_bytes:
+            return self
+        pixels = np.empty((len(self), size[0], size[1], 3), dtype=np.uint8)
+        for start, batch in self.batches(size, batch_size):
+            rows = pixels[start:start + len(batch)]
+            rows[...] = np.clip(batch, 0, 255)
+            if not np.array_equal(rows, batch):
+                return self
+        return ImageCollection(array=pixels, positions=self.positions)
+
     def _load_item(self, i: int, size: tuple[int, int]) -> np.ndarray:
         item, i = self.items[i], self.position(i)
         try:
