@@ -332,8 +332,7 @@ def _os_reason(exc: OSError) -> str:
 def _write_features(output: str, features: Any, paths: list[str], names: Any) -> None:
     import numpy as np
 
-    suffix = Path(output).suffix.lower()
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    suffix = Path(output).suffix.lower()  # its folder exists: _writable_output made it
     if suffix == ".npz":
         np.savez_compressed(output, features=features, paths=np.asarray(paths),
                             feature_names=np.asarray(names, dtype=str))

@@ -405,12 +405,12 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
     def _check_parameters(self) -> None:
         check_parameters(self)
         check_runtime(self.runtime)
-        if self.cache is True and self._augmentations():
+        augmentations = self._augmentations()  # raises for an unknown augmentation
+        if self.cache is True and augmentations:
             raise ValueError(
                 f"cache=True cannot be combined with augment={self.augment!r}: augmented images "
                 "change every epoch, so their activations cannot be cached. Use cache='auto'."
             )
-        self._augmentations()
 
     # ------------------------------------------------------------------ building
     def _build(self, weights: Any, n_classes: int, seeds: dict[str, int]) -> None:
