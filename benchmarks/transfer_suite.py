@@ -214,15 +214,16 @@ def fine_tuned(train, test, config: dict, seed: int) -> dict:
     started = time.perf_counter()
     clf.fit(*train)
     fit_seconds = time.perf_counter() - started
-    tuning = clf.history_["finetune"]
+    history = clf.history_
     return {
         "accuracy": float(clf.score(*test)),
         "fit_seconds": round(fit_seconds, 2),
-        "finetune_epochs_run": len(tuning["loss"]),
-        # -1: early stopping kept the head the fine-tuning phase started from.
-        "finetune_best_epoch": tuning["best_epoch"],
-        "kept": "head" if tuning["best_epoch"] == -1 else f"fine-tuning epoch "
-                                                          f"{tuning['best_epoch'] + 1}",
+        # 0: the fit kept the head alone, on the pretrained backbone.
+        "kept_epochs": history["kept_epochs"],
+        "summary": history["summary"],
+        "head_rows_per_image": history["head"].get("views"),
+        "head_cv_log_loss": history["head"].get("cv_log_loss"),
+        "cached": clf.cached_,
         "n_trainable_weights": clf.n_trainable_weights_,
         "freeze_layer": clf.freeze_layer_,
     }
@@ -235,7 +236,7 @@ def summarise(runs: list[dict]) -> dict:
     probe, recipe = mean("hand_probe", "accuracy"), mean("hand_recipe", "best_accuracy")
     tuned = mean("fine_tuned", "accuracy")
     time_ratio = mean("fine_tuned", "fit_seconds") / mean("transferkit_probe", "fit_seconds")
-    kept_epoch = [run["fine_tuned"]["finetune_best_epoch"] >= 0 for run in runs]
+    kept_epoch = [run["fine_tuned"]["kept_epochs"] > 0 for run in runs]
     return {
         "mean_accuracy": {"hand_probe": round(probe, 4), "hand_recipe": round(recipe, 4),
                           "transferkit_probe": round(mean("transferkit_probe", "accuracy"), 4),

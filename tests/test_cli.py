@@ -250,9 +250,12 @@ def test_train_finetune_saves_a_fine_tuned_classifier(image_folder, tmp_path, ca
     assert main(["train", str(image_folder), "-o", str(output), "--finetune", "--epochs", "1",
                  "--validation-fraction", "0.25", "--quiet", "--crop-fraction", "0.9",
                  *SMALL]) == 0
-    assert "(12 training images, fine-tuned)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(12 training images, fine-tuned)" in out
 
     model = joblib.load(output)
+    # Which weights the fit kept, and why, in one line even with --quiet.
+    assert model.history_["summary"] in out.splitlines()
     assert isinstance(model, FineTunedClassifier)
     assert model.crop_fraction == 0.9 and model.source_size_ == (36, 36)
 

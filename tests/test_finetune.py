@@ -70,25 +70,84 @@ def test_string_labels_binary_fit_predict_and_probabilities(fitted, data):
     assert fitted.cached_
 
 
-def test_history_covers_both_phases_per_epoch(fitted):
+def test_history_covers_every_phase_per_epoch(fitted):
     for phase, max_epochs in (("head", TINY["head_epochs"]), ("finetune", TINY["epochs"])):
         history = fitted.history_[phase]
         n = len(history["loss"])
         assert 1 <= n <= max_epochs
         for key in ("accuracy", "val_loss", "val_accuracy", "seconds"):
             assert len(history[key]) == n
-        best = history["best_epoch"]
-        assert -1 <= best < n
-        # Not necessarily the lowest: an epoch must beat the kept one by more than noise.
-        kept = history["initial_val_loss"] if best == -1 else history["val_loss"][best]
-        assert kept <= history["initial_val_loss"]
-    assert fitted.history_["head"]["loss"][-1] < fitted.history_["head"]["loss"][0]
+    head = fitted.history_["head"]
+    # The head keeps its best epoch; an epoch must beat the kept one by more than noise.
+    kept = head["initial_val_loss"] if head["best_epoch"] == -1 \
+        else head["val_loss"][head["best_epoch"]]
+    assert kept <= head["initial_val_loss"]
+    assert head["loss"][-1] < head["loss"][0]
+    # Fine-tuning on the training part runs its whole schedule; the held-out images check it.
+    assert len(fitted.history_["finetune"]["loss"]) == TINY["epochs"]
+
+
+def test_the_final_network_is_refit_on_every_image_with_the_chosen_schedule(fitted, data):
+    history = fitted.history_
+    kept = history["kept_epochs"]
+    assert kept in (0, TINY["epochs"])
+    assert "val_loss" not in history["refit_head"]  # nothing is held out any more
+    if kept:
+        refit = history["refit_finetune"]
+        assert len(refit["loss"]) == kept
+        # The same learning rates at the same epochs as the run the held-out images judged.
+        np.testing.assert_allclose(refit["learning_rate"],
+                                   history["finetune"]["learning_rate"][:kept], rtol=1e-6)
+    assert history["summary"].startswith(f"kept all {kept} fine-tuning epochs, refit on all "
+                                         f"{len(data[0])} images")
+
+
+def test_fine_tuning_that_clearly_hurts_the_held_out_images_keeps_the_head(data):
+    X, y = data
+    # A learning rate a thousand times too high wrecks the trainable block.
+    wrecked = tiny(learning_rate=1.0, epochs=2, validation_fraction=0.25).fit(X, y)
+    assert wrecked.history_["finetune"]["worse_than_start"]
+    assert wrecked.history_["kept_epochs"] == 0 and "refit_finetune" not in wrecked.history_
+    assert wrecked.history_["summary"].startswith("kept the head alone, refit on all 24 images")
+    untouched = tiny(epochs=0).fit(X, y)  # same seed: the same initial backbone weights
+    block = "block3_conv1"
+    np.testing.assert_array_equal(wrecked.model_.get_layer("tuned").get_layer("pooled")
+                                  .get_layer("trainable").get_layer(block).get_weights()[0],
+                                  untouched.model_.get_layer("tuned").get_layer("pooled")
+                                  .get_layer("trainable").get_layer(block).get_weights()[0])
+    assert wrecked.score(X, y) >= 0.9
+
+
+def test_without_early_stopping_every_epoch_trains_on_every_image(data):
+    X, y = data
+    clf = tiny(early_stopping=False).fit(X, y)
+    assert len(clf.history_["finetune"]["loss"]) == clf.history_["kept_epochs"] == 3
+    assert "refit_head" not in clf.history_ and "val_loss" not in clf.history_["finetune"]
+    assert "early_stopping=False" in clf.history_["summary"]
+
+
+def test_view_bank_shows_every_view_of_an_image_once_per_cycle():
+    from transferkit.training import ViewBank
+
+    n_views, n_images = 3, 5
+    # views[k, i] holds 10 * i + k: which image, which view.
+    views = (10 * np.arange(n_images)[None, :] + np.arange(n_views)[:, None]).astype(float)
+    bank = ViewBank(views, offsets=np.array([0, 1, 2, 0, 1]))
+    seen = np.stack([bank.epoch(e, np.arange(n_images)) for e in range(n_views)])
+    assert (seen // 10 == np.arange(n_images)).all()  # each row is its own image
+    for i in range(n_images):
+        assert sorted(seen[:, i] % 10) == list(range(n_views))
+    assert seen[0].tolist() == [0, 11, 22, 30, 41]  # images start at different views
+    part = bank.take(np.array([4, 1]))
+    np.testing.assert_array_equal(part.epoch(0, np.arange(2)), [41, 11])
 
 
 def test_multiclass_with_integer_labels():
     X, y = _images(n_per_class=8, n_classes=3)
     codes = np.searchsorted(["bright", "dark", "grey"], y) * 10
-    clf = tiny(head_epochs=25).fit(X, codes)
+    # At TINY's 1e-3 the refit on all 24 images overshoots this random VGG (training
+    # accuracy 0.67, where 3 held-out images could not tell); the default is 1e-4.
+    clf = tiny(head_epochs=25, learning_rate=1e-4).fit(X, codes)
     np.testing.assert_array_equal(clf.classes_, [0, 10, 20])
     proba = clf.predict_proba(X)
     assert proba.shape == (24, 3)
@@ -260,22 +319,31 @@ def test_residual_backbone_splits_at_a_block_and_keeps_batchnorm_statistics(data
 
 
 # ------------------------------------------------------------------ options
-def test_augmentation_disables_the_cache_and_trains(data):
+def test_augmented_training_caches_the_frozen_activations_of_its_views(data):
     X, y = data
-    clf = tiny(augment="all").fit(X, y)
-    assert not clf.cached_
+    clf = tiny(augment="all", head_views=2).fit(X, y)
+    assert clf.cached_  # epochs train on the views the head phase computed
     assert clf.score(X, y) >= 0.9
-    with pytest.raises(ValueError, match="cannot be cached"):
-        tiny(augment="flip", cache=True).fit(X, y)
+    streamed = tiny(augment="all", head_views=2, cache=False).fit(X, y)
+    assert not streamed.cached_ and streamed.score(X, y) >= 0.9
+    with pytest.raises(ValueError, match="head_views=0 asks for none"):
+        tiny(augment="flip", cache=True, head_views=0).fit(X, y)
     with pytest.raises(ValueError, match="augment="):
         tiny(augment="shear").fit(X, y)
+
+
+def test_views_beyond_the_memory_budget_stream_the_images(data, monkeypatch):
+    from transferkit import finetune
+
+    monkeypatch.setattr(finetune, "_FROZEN_ACTIVATIONS_MAX_BYTES", 1)
+    assert not tiny(augment="flip", head_views=2, epochs=1).fit(*data).cached_
 
 
 def test_default_training_crops_flips_and_gives_the_head_augmented_views(data):
     X, y = data
     clf = tiny(augment=FineTunedClassifier().augment, head_init="logistic", head_views=3)
     clf.fit(X, y)
-    assert clf.augment == ("crop", "flip") and not clf.cached_
+    assert clf.augment == ("crop", "flip") and clf.cached_
     assert clf._network.train_net.get_layer("augment_crop") is not None
     assert clf.history_["head"]["views"] == 4  # the central crop + 3 random views
     assert clf.score(X, y) >= 0.9
@@ -326,7 +394,7 @@ def test_fine_tuning_epochs_decode_each_image_once_and_learn_the_same(tmp_path, 
                         lambda path, size=None: loads.update([path]) or load_image(path, size))
     # Augmented, so the epochs run on images (not on cached activations), with validation.
     params = {"augment": ("crop", "flip"), "head_views": 1, "epochs": 3,
-              "early_stopping": True, "validation_fraction": 0.25}
+              "early_stopping": True, "validation_fraction": 0.25, "cache": False}
     held = tiny(**params).fit(paths, y)
     assert sorted(loads) == sorted(paths) and set(loads.values()) == {1}
     assert len(held.history_["finetune"]["loss"]) >= 1
@@ -404,7 +472,7 @@ def test_logistic_head_with_a_hidden_layer_falls_back_to_adam(data):
 
 
 def test_hidden_units_add_a_hidden_layer(data):
-    clf = tiny(hidden_units=16, epochs=1).fit(*data)
+    clf = tiny(hidden_units=16, epochs=1, learning_rate=1e-4).fit(*data)  # see multiclass
     assert clf.model_.get_layer("tuned").get_layer("head").get_layer("head_hidden").units == 16
     assert clf.score(*data) >= 0.9
 
@@ -541,3 +609,37 @@ def test_fine_tuning_mobilenet_on_hymenoptera_reaches_080_val_accuracy():
     accuracy = clf.score(*split("val"))
     print(f"hymenoptera val accuracy after fine-tuning: {accuracy:.3f}")
     assert accuracy >= 0.80
+
+
+def _fit_head_on_views(view_shift: float) -> dict:
+    """A logistic head on 2 x 30 images with 3 views each; the views' class signal is
+    ``view_shift`` times that of the central crops (negative: the views lie)."""
+    import keras
+
+    from transferkit.training import fit_logistic_head
+
+    rng = np.random.RandomState(0)
+    n, n_views, n_features = 60, 3, 8
+    y = np.repeat([0, 1], n // 2)
+    signal = rng.normal(size=(n, n_features)) * 0.3 + np.where(y[:, None] == 1, 0.5, -0.5)
+    central = signal + rng.normal(size=signal.shape)
+    views = [view_shift * signal + rng.normal(size=signal.shape) for _ in range(n_views)]
+    features = np.concatenate([central, *views]).astype(np.float32)
+    inputs = keras.Input((n_features,))
+    head = keras.Model(inputs, keras.layers.Dense(2, name="head_logits")(inputs))
+    rows = len(features)
+    return fit_logistic_head(head, features, np.tile(y, 1 + n_views), np.ones(rows),
+                             np.tile(np.arange(n), 1 + n_views), None, None, 2, 0,
+                             lambda message: None)
+
+
+def test_logistic_head_learns_from_the_views_where_cross_validation_says_they_help():
+    history = _fit_head_on_views(1.0)  # views: other noisy looks at the same images
+    assert history["views"] == 4
+    assert history["cv_log_loss"]["with_views"] < history["cv_log_loss"]["central_crops_only"]
+
+
+def test_logistic_head_leaves_out_views_that_hurt_it():
+    history = _fit_head_on_views(-1.0)  # views whose classes look swapped
+    assert history["views"] == 1
+    assert history["cv_log_loss"]["central_crops_only"] < history["cv_log_loss"]["with_views"]

@@ -420,6 +420,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
         )
 
     if args.finetune:
+        if not args.quiet:
+            print("fine-tuning: the val_loss and val_accuracy of each epoch are measured on "
+                  "10% of the training images, held out to check that fine-tuning helps "
+                  "(not on --val); the final network is trained on all of them.", flush=True)
         model: Any = FineTunedClassifier(
             args.backbone, weights=args.weights, backbone_kwargs=args.backbone_kwargs,
             cut=args.cut, input_size=args.input_size, batch_size=args.batch_size or 32,
@@ -445,6 +449,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
             joblib.dump(model, output)
     except OSError as exc:
         raise UsageError(f"cannot write -o {args.output!r}: {_os_reason(exc)}.") from None
+    if args.finetune and args.quiet:  # verbose fits have logged it already
+        print(model.history_["summary"])
     kind = "fine-tuned" if args.finetune else "features + logistic regression"
     print(f"validation accuracy {accuracy:.3f} on {len(val_paths)} images "
           f"({len(train_paths)} training images, {kind}) -> {args.output}")

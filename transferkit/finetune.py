@@ -4,7 +4,10 @@ Training runs in two phases ("LP-FT"). The head is first trained alone on pooled
 the frozen backbone, computed once: a linear probe. Only then is the unfrozen part of the
 backbone trained together with that head, at a low learning rate. Fine-tuning from a random
 head sends large, noisy gradients into the pretrained layers and destroys the features it was
-meant to adapt; starting from a good head avoids that.
+meant to adapt; starting from a good head avoids that. With early stopping, both phases run
+first on all but a held-out tenth of the images, which checks that fine-tuning does not
+hurt, and then again on every image: on a few hundred images the held-out tenth is worth
+more as training data than as a judge of which epoch to keep.
 
 This module is the estimator shell: parameters and their checks, labels and weights, the
 order of the phases, prediction. The networks are :mod:`transferkit.finetune_network`'s,
@@ -34,7 +37,7 @@ from .openvino_runtime import check_runtime
 from .parameters import Integer, Options, Real, Satisfies, check_parameters, integer, optional_dict
 from .persistence import SaveMixin, register_estimator
 from .pickling import KerasPicklingMixin, weights_for
-from .training import AugmentedViewPass, PhaseSettings, fit_logistic_head, train_phase
+from .training import FrozenPass, PhaseSettings, fit_logistic_head, frozen_pass, train_phase
 
 __all__ = ["FineTunedClassifier"]
 
@@ -44,6 +47,36 @@ _HEAD_INITS = ("logistic", "adam")
 # Decoded training images kept in memory for the epochs of one fit: 1 GiB holds 5,400
 # images at 256 x 256, the source size of a 224-px network.
 _DECODED_PIXELS_MAX_BYTES = 2**30
+# Frozen activations of the augmented views kept for the fine-tuning epochs (float32): 2 GiB
+# holds 9 views of 4,700 images at MobileNet's 7 x 7 x 256 (alpha 0.25, its last block
+# trained), of 300 at ResNet50's 14 x 14 x 1024. Beyond it, epochs stream the images.
+_FROZEN_ACTIVATIONS_MAX_BYTES = 2**31
+
+
+def _unit_mean(weight: np.ndarray) -> np.ndarray:
+    # Mean weight 1 keeps the effective learning rate independent of the weights' scale.
+    return (weight / weight.mean()).astype(np.float32)
+
+
+def _what_was_kept(history: dict, epochs: int, n_images: int, n_val: int | None) -> str:
+    """One line: which weights the fit ended with, and why."""
+    kept = history["kept_epochs"]
+    if epochs == 0:
+        return "kept the head alone: epochs=0 skips fine-tuning."
+    if n_val is None:
+        return (f"kept all {kept} fine-tuning epochs, trained on all {n_images} images "
+                "(early_stopping=False: nothing held out to check them on).")
+    tuning = history["finetune"]
+    start, last = tuning["initial_val_loss"], tuning["val_loss"][-1]
+    if kept == 0:
+        return (f"kept the head alone, refit on all {n_images} images, the backbone as "
+                f"pretrained: after {epochs} fine-tuning epochs the {n_val} held-out images "
+                f"scored clearly worse than with the head alone (loss {last:.4f} against "
+                f"{start:.4f}).")
+    verdict = "lower than" if last < start else "not clearly worse than"
+    return (f"kept all {kept} fine-tuning epochs, refit on all {n_images} images: on the "
+            f"{n_val} held-out images their loss was {verdict} the head's ({last:.4f} "
+            f"against {start:.4f}).")
 
 
 def _check_labels(y: Any, n_images: int) -> np.ndarray:
@@ -131,8 +164,9 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
     Training runs in two phases: the head alone on pooled features of the
     frozen network (a linear probe, ``head_epochs`` at ``head_learning_rate``),
     then the unfrozen layers together with that head (``epochs`` at the low
-    ``learning_rate``). Both phases stop early on a held-out validation split
-    and keep the weights of their best epoch.
+    ``learning_rate``). With ``early_stopping``, both phases first train on all
+    but a held-out part of the images, which checks them; then the head and the
+    fine-tuning epochs are trained again on every image.
 
     Parameters
     ----------
@@ -162,7 +196,8 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
     head_learning_rate : float, default=1e-3
         Adam learning rate of the head phase.
     epochs : int, default=10
-        Maximum number of epochs of the fine-tuning phase; ``0`` skips it.
+        Number of epochs of the fine-tuning phase (the length of its learning-rate
+        schedule); ``0`` skips it.
     head_epochs : int, default=100
         Maximum number of epochs of the head phase when it runs Adam (see
         ``head_init``). They run on cached pooled features and cost almost nothing.
@@ -217,24 +252,34 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         expect, which erases much of what pretraining bought. ``True`` lets the
         BatchNormalization layers of the trainable part use and update batch statistics.
     cache : "auto" or bool, default="auto"
-        Whether the frozen part's activations are computed once and the trainable
-        part trained on them, rather than running every image through the whole
-        network each epoch. Same result, much faster epochs. ``"auto"`` caches when
-        ``augment`` is None (augmented images change every epoch and cannot be
-        cached). The cache holds the frozen output of every training image in memory.
+        Whether the frozen part's activations are computed once and the fine-tuning
+        epochs run the trainable part alone on them, rather than running every image
+        through the whole network each epoch. With ``augment``, what is cached are the
+        activations of the ``head_views`` augmented views the head phase computes
+        anyway, and epoch ``e`` trains each image on one of them (every view once per
+        ``head_views`` epochs); without, those of the central crops. ``"auto"`` caches
+        when they take at most 2 GiB of memory (float32), else the images are streamed
+        through the whole network with new random views every epoch, as ``False``
+        does. ``True`` caches whatever the size and needs ``head_views >= 1`` with
+        ``augment``.
     early_stopping : bool, default=True
-        Hold out ``validation_fraction`` of the training images, stop each phase when
-        the validation loss has not improved for ``n_iter_no_change`` epochs and keep
-        the weights of the best epoch. An epoch counts as an improvement only if it
-        lowers the loss of the validation images by more than one standard error of the
-        per-image decrease (the weights the phase started from compete too): a small
-        validation split cannot tell smaller differences from noise, and a fine-tuning
-        phase then keeps the head it started from rather than an epoch that only looked
-        better.
+        Hold out ``validation_fraction`` of the training images to check the phases,
+        then train again on every image. The Adam head (``head_init="adam"``) stops
+        when its validation loss has not improved for ``n_iter_no_change`` epochs, an
+        epoch counting as an improvement only if it lowers the loss of the validation
+        images by more than one standard error of the per-image decrease; its refit
+        runs the number of epochs that chose. The fine-tuning phase runs all
+        ``epochs`` and is kept, refit on every image with the same learning-rate
+        schedule, unless the held-out images score its last epoch clearly worse (by the
+        same rule) than the head alone, in which case the final classifier is the head,
+        refit on every image, on the pretrained backbone. Choosing a number of epochs
+        on a few dozen held-out images did worse on unseen images than the whole
+        schedule on the data sets of ``docs/benchmarks.rst``. ``False`` trains once, on
+        every image, with no check.
     validation_fraction : float, default=0.1
         Fraction of the images held out (stratified) for early stopping.
     n_iter_no_change : int, default=5
-        Patience of early stopping, in epochs.
+        Patience of the Adam head's early stopping, in epochs.
     class_weight : dict, "balanced" or None, default=None
         Weights of the classes in the loss, as in scikit-learn's classifiers;
         multiplied with ``sample_weight``.
@@ -275,19 +320,26 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         ``(height, width)`` images are resized to before the central crop
         (``input_size_ / crop_fraction``); ``model_`` takes images of this size.
     cached_ : bool
-        Whether the fine-tuning phase ran on cached frozen activations.
+        Whether the fine-tuning epochs ran on cached frozen activations.
     history_ : dict
-        ``{"head": {...}, "finetune": {...}}``; each maps ``"loss"``,
+        ``"head"`` and ``"finetune"``: the phases on the training part (on every image
+        without early stopping); with early stopping also ``"refit_head"`` and
+        ``"refit_finetune"`` (absent when the head was kept), the same phases on every
+        image, which gave the final weights. Each phase maps ``"loss"``,
         ``"accuracy"``, ``"seconds"``, ``"learning_rate"`` (at the epoch's start)
-        and, with early stopping, ``"val_loss"`` and ``"val_accuracy"`` to one value
-        per epoch run, ``"initial_val_loss"`` to the
-        validation loss before the phase's first epoch, and ``"best_epoch"`` to the
-        index of the epoch whose weights were kept (-1: no epoch improved on the
-        starting weights, which were kept). With ``head_init="logistic"``, the head
-        entry has no epochs: its ``"seconds"`` holds the time of the fit, ``"views"`` the
-        number of rows per training image it learned from (1 + ``head_views``), ``"C"`` the
-        inverse penalty chosen by cross-validation, and ``"initial_val_loss"`` the
-        validation loss of the fitted head.
+        and, where images were held out, ``"val_loss"`` and ``"val_accuracy"`` to one
+        value per epoch run, ``"initial_val_loss"`` to the validation loss before the
+        phase's first epoch, and ``"best_epoch"`` to the index of the epoch whose
+        weights the phase ended with (-1: the starting weights). ``"finetune"`` also
+        has ``"worse_than_start"``: whether the held-out images scored its last epoch
+        clearly worse than the head. With ``head_init="logistic"``, a head entry has
+        no epochs: its ``"seconds"`` holds the time of the fit, ``"views"`` the number of
+        rows per training image it learned from (1 + ``head_views``), ``"C"`` the inverse
+        penalty chosen by cross-validation (the refit reuses it), and
+        ``"initial_val_loss"`` the validation loss of the fitted head. Then
+        ``"kept_epochs"``: the fine-tuning epochs the final weights went through (0:
+        the head alone), and ``"summary"``: one line saying which weights were kept and
+        why, which ``verbose`` fits also log.
 
     See Also
     --------
@@ -406,10 +458,12 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         check_parameters(self)
         check_runtime(self.runtime)
         augmentations = self._augmentations()  # raises for an unknown augmentation
-        if self.cache is True and augmentations:
+        if self.cache is True and augmentations and self.head_views == 0:
             raise ValueError(
-                f"cache=True cannot be combined with augment={self.augment!r}: augmented images "
-                "change every epoch, so their activations cannot be cached. Use cache='auto'."
+                f"cache=True with augment={self.augment!r} trains on the cached frozen "
+                "activations of the head_views augmented views of each image, and "
+                "head_views=0 asks for none; set head_views >= 1, or cache=False to draw new "
+                "views every epoch."
             )
 
     # ------------------------------------------------------------------ building
@@ -443,6 +497,43 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         self._use_runtime()
 
     # ------------------------------------------------------------------ training
+    def _caches_frozen_activations(self, n_views: int, n_images: int) -> bool:
+        if self.freeze_layer_ is None or self.cache is False:
+            return False
+        if self.cache is True:
+            return True
+        per_view = 4 * int(np.prod(self._network.prefix.output.shape[1:]))
+        return max(n_views, 1) * n_images * per_view <= _FROZEN_ACTIVATIONS_MAX_BYTES
+
+    def _frozen_activations(self, images: Any, n_views: int) -> FrozenPass:
+        settings = PhaseSettings(self.batch_size, self.source_size_, self.n_iter_no_change,
+                                 self._log)
+        return frozen_pass(self._network, images, n_views, self.cached_, settings,
+                           self._seeds["shuffle"])
+
+    def _fit_head(self, frozen: FrozenPass, rows: np.ndarray, val_rows: np.ndarray | None,
+                  y_code: np.ndarray, weight: np.ndarray, epochs: int,
+                  rng: np.random.RandomState, settings: PhaseSettings,
+                  C: float | None = None, views: bool = True) -> dict:
+        """Train the head on the frozen features of the images at ``rows``.
+
+        ``C`` and ``views``: the inverse penalty of a logistic head an earlier fit chose,
+        and whether it learned from the augmented views (a logistic head's
+        cross-validation decides that; an Adam head always does)."""
+        features, groups = frozen.head_rows(rows, views)
+        n_rows = len(features) // len(rows)
+        y_head = np.tile(y_code[rows], n_rows)
+        w_head = np.tile(_unit_mean(weight[rows]), n_rows)
+        val_features = None if val_rows is None else frozen.features[val_rows]
+        y_val = None if val_rows is None else y_code[val_rows]
+        if self.head_init == "logistic" and self.hidden_units is None:
+            return fit_logistic_head(self._network.head, features, y_head, w_head, groups,
+                                     val_features, y_val, len(self.classes_),
+                                     self._seeds["split"], self._log, C=C)
+        return train_phase("head", self._network.head, features, y_head, w_head,
+                           val_features, y_val, epochs, self.head_learning_rate, rng,
+                           settings)
+
     def _log(self, message: str) -> None:
         logger.info(message)
         if self.verbose:
@@ -489,92 +580,89 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         rng = check_random_state(self.random_state)
         seeds = dict(zip(("init", "dropout", "augment", "split", "shuffle"),
                          (int(s) for s in rng.randint(0, 2**31 - 2, size=5)), strict=True))
-        train_idx = np.arange(len(y))
+        n_images = len(y)
         val_idx = None
         if self.early_stopping:
-            n_val = max(len(classes), int(math.ceil(self.validation_fraction * len(y))))
+            n_val = max(len(classes), int(math.ceil(self.validation_fraction * n_images)))
             counts = np.bincount(y_code)
-            if n_val >= len(y) or counts.min() < 2:
+            if n_val >= n_images or counts.min() < 2:
                 raise ValueError(
                     f"early_stopping needs a validation split with every class in it, but y has "
-                    f"{len(y)} images and {int(counts.min())} of its smallest class; add images "
-                    "or set early_stopping=False."
+                    f"{n_images} images and {int(counts.min())} of its smallest class; add "
+                    "images or set early_stopping=False."
                 )
             train_idx, val_idx = train_test_split(
-                train_idx, test_size=n_val, stratify=y_code, random_state=seeds["split"]
-            )
-        # Mean weight 1 keeps the effective learning rate independent of the weights' scale.
-        w_train = (weight[train_idx] / weight[train_idx].mean()).astype(np.float32)
+                np.arange(n_images), test_size=n_val, stratify=y_code,
+                random_state=seeds["split"])
+        else:
+            train_idx = np.arange(n_images)
 
         self.classes_ = classes
         self._seeds = seeds
         self._build(self.weights, len(classes), seeds)
-        self.cached_ = self.freeze_layer_ is not None and (
-            self.cache is True or (self.cache == "auto" and not self._augmentations())
-        )
-
         network = self._network
+        n_views = self.head_views if self._augmentations() else 0
+        self.cached_ = self._caches_frozen_activations(n_views, n_images)
         settings = PhaseSettings(self.batch_size, self.source_size_, self.n_iter_no_change,
                                  self._log)
-        prefix_forward = make_forward(network.frozen_net, self.source_size_)
         if not self.cached_:
             # Every fine-tuning epoch reads the images again: decode and resize them once
             # (the pixels are the same, bit for bit) while they fit in memory.
             images = images.held_in_memory(self.source_size_, self.batch_size,
                                            _DECODED_PIXELS_MAX_BYTES)
-        train_images = images.take(train_idx)
-        val_images = None if val_idx is None else images.take(val_idx)
-        y_train = y_code[train_idx]
-        y_val = None if val_idx is None else y_code[val_idx]
-        # Frozen activations, computed once: the head phase needs them whether or not the
-        # fine-tuning phase is cached, because in the head phase the whole backbone is frozen.
-        # The head also learns from augmented views, so that it does not start the
-        # fine-tuning phase fitted to the central crops alone; they come from the same
-        # loading of the training images as the frozen activations.
-        n_augmented = self.head_views if self._augmentations() else 0
-        # Loaded images -> pooled frozen features of one random augmented view of each.
-        view_fns = [make_forward(AugmentedViewPass(network.augment_net, network.prefix,
-                                                   network.pooled_net))] * n_augmented
-        train_act, *views = run_batches([prefix_forward, *view_fns], train_images,
-                                        self.source_size_, self.batch_size)
-        val_act = None if val_images is None else run_batches(
-            [prefix_forward], val_images, self.source_size_, self.batch_size)[0]
-        pooled_forward = make_forward(network.pooled_net)
-        train_feat = run_batches([pooled_forward], train_act, self.source_size_,
-                                 self.batch_size)[0]
-        val_feat = None if val_act is None else run_batches(
-            [pooled_forward], val_act, self.source_size_, self.batch_size)[0]
-        groups = np.arange(len(y_train))
-        if views:
-            train_feat = np.concatenate([train_feat, *views])
-            groups = np.tile(groups, 1 + len(views))
-        n_views = len(train_feat) // len(y_train)
-        y_head, w_head = np.tile(y_train, n_views), np.tile(w_train, n_views)
-
+        frozen = self._frozen_activations(images, n_views)
         shuffle_rng = np.random.RandomState(seeds["shuffle"])
-        if self.head_init == "logistic" and self.hidden_units is None:
-            head_history = fit_logistic_head(
-                network.head, train_feat, y_head, w_head, groups, val_feat, y_val,
-                len(classes), seeds["split"], self._log,
-            )
-        else:
-            head_history = train_phase(
-                "head", network.head, train_feat, y_head, w_head, val_feat, y_val,
-                self.head_epochs, self.head_learning_rate, shuffle_rng, settings,
-            )
-        self.history_ = {"head": head_history}
+        # The pretrained trainable part, to start the refit from.
+        pretrained = network.trainable_net.get_weights()
         self.n_trainable_weights_ = int(sum(
             int(np.prod(v.shape)) for v in network.trainable_net.trainable_variables
         ))
+
+        # 1. Head, then fine-tuning, on the training part; with early stopping the held-out
+        #    images choose how many fine-tuning epochs help.
+        head_history = self._fit_head(frozen, train_idx, val_idx, y_code, weight,
+                                      self.head_epochs, shuffle_rng, settings)
+        self.history_ = {"head": head_history}
+        # Fine-tuning learns from the views where the head did (see _fit_head).
+        views = "C" not in head_history or head_history["views"] > 1
         if self.cached_:
-            tune_model, tune_train, tune_val = network.trainable_net, train_act, val_act
+            tune_model = network.trainable_net
         else:
-            del train_act, val_act
-            tune_model, tune_train, tune_val = network.train_net, train_images, val_images
-        self.history_["finetune"] = train_phase(
-            "finetune", tune_model, tune_train, y_train, w_train, tune_val, y_val,
-            self.epochs, self.learning_rate, shuffle_rng, settings, cosine_decay=True,
+            tune_model = network.train_net if views else network.central_net
+        val_inputs = None if val_idx is None else frozen.validation_inputs(images, val_idx)
+        tuning = train_phase(
+            "finetune", tune_model, frozen.tuning_inputs(images, train_idx, views),
+            y_code[train_idx],
+            _unit_mean(weight[train_idx]), val_inputs,
+            None if val_idx is None else y_code[val_idx], self.epochs, self.learning_rate,
+            shuffle_rng, settings, cosine_decay=True,
+            val_model=network.trainable_net if self.cached_ else None, select_best=False,
         )
+        self.history_["finetune"] = tuning
+        # All epochs, unless the held-out images say fine-tuning clearly hurts: choosing a
+        # number of epochs on them did worse on unseen images than the whole schedule
+        # (docs/benchmarks.rst, "Transfer to data sets unlike ImageNet").
+        kept_epochs = 0 if tuning.get("worse_than_start") else len(tuning["loss"])
+        # 2. The held-out images were only there to decide: train again on every image,
+        #    the same number of epochs, on the same learning-rate schedule.
+        if val_idx is not None:
+            network.trainable_net.set_weights(pretrained)
+            all_idx = np.arange(n_images)
+            head_epochs = self.head_epochs if "C" in head_history \
+                else max(1, head_history["best_epoch"] + 1)
+            self.history_["refit_head"] = self._fit_head(
+                frozen, all_idx, None, y_code, weight, head_epochs, shuffle_rng, settings,
+                C=head_history.get("C"), views=views)
+            if kept_epochs:
+                self.history_["refit_finetune"] = train_phase(
+                    "refit", tune_model, frozen.tuning_inputs(images, all_idx, views), y_code,
+                    _unit_mean(weight), None, None, kept_epochs, self.learning_rate,
+                    shuffle_rng, settings, cosine_decay=True, schedule_epochs=self.epochs,
+                )
+        self.history_["kept_epochs"] = kept_epochs
+        self.history_["summary"] = _what_was_kept(self.history_, self.epochs, n_images,
+                                                  None if val_idx is None else len(val_idx))
+        self._log(self.history_["summary"])
         self._use_runtime()
         return self
 

@@ -35,6 +35,9 @@ class FineTuneNetwork:
     train_net : keras.Model
         Images at the source size -> logits through the augmentation (what training runs
         when the frozen activations are not cached).
+    central_net : keras.Model
+        Images at the source size -> logits of their central crop (what that training
+        runs when the augmented views do not help).
     frozen_net : keras.Model
         Images at the source size -> frozen activations of their central crop.
     augment_net : keras.Model
@@ -55,6 +58,7 @@ class FineTuneNetwork:
 
     model: Any
     train_net: Any
+    central_net: Any
     frozen_net: Any
     augment_net: Any
     prefix: Any
@@ -196,7 +200,9 @@ def build_finetune_network(
     frozen_net = keras.Model(loaded, prefix(central, training=False), name="frozen_central")
     layout = NetworkLayout(trunk.name, cut_layer.name, size, source, trunk.preprocessing,
                            n_classes)
-    return FineTuneNetwork(model, train_net, frozen_net, augment_net, prefix, trainable_net,
+    central_net = keras.Model(loaded, pixel_logits, name="central_pixels_to_logits")
+    return FineTuneNetwork(model, train_net, central_net, frozen_net, augment_net, prefix,
+                           trainable_net,
                            pooled_net, head, layout,
                            None if freeze_layer is None else freeze_layer.name)
 
