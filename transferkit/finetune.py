@@ -505,12 +505,6 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         per_view = 4 * int(np.prod(self._network.prefix.output.shape[1:]))
         return max(n_views, 1) * n_images * per_view <= _FROZEN_ACTIVATIONS_MAX_BYTES
 
-    def _frozen_activations(self, images: Any, n_views: int) -> FrozenPass:
-        settings = PhaseSettings(self.batch_size, self.source_size_, self.n_iter_no_change,
-                                 self._log)
-        return frozen_pass(self._network, images, n_views, self.cached_, settings,
-                           self._seeds["shuffle"])
-
     def _fit_head(self, frozen: FrozenPass, rows: np.ndarray, val_rows: np.ndarray | None,
                   y_code: np.ndarray, weight: np.ndarray, epochs: int,
                   rng: np.random.RandomState, settings: PhaseSettings,
@@ -610,7 +604,7 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
             # (the pixels are the same, bit for bit) while they fit in memory.
             images = images.held_in_memory(self.source_size_, self.batch_size,
                                            _DECODED_PIXELS_MAX_BYTES)
-        frozen = self._frozen_activations(images, n_views)
+        frozen = frozen_pass(network, images, n_views, self.cached_, settings, seeds["shuffle"])
         shuffle_rng = np.random.RandomState(seeds["shuffle"])
         # The pretrained trainable part, to start the refit from.
         pretrained = network.trainable_net.get_weights()
@@ -619,7 +613,7 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         ))
 
         # 1. Head, then fine-tuning, on the training part; with early stopping the held-out
-        #    images choose how many fine-tuning epochs help.
+        #    images check that fine-tuning does not clearly hurt.
         head_history = self._fit_head(frozen, train_idx, val_idx, y_code, weight,
                                       self.head_epochs, shuffle_rng, settings)
         self.history_ = {"head": head_history}

@@ -152,7 +152,7 @@ class FrozenPass:
         rather than on images streamed through the whole network.
     """
 
-    central: np.ndarray
+    central: np.ndarray | None
     features: np.ndarray
     view_features: list
     bank: ViewBank | None
