@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -419,6 +420,63 @@ def test_pixels_outside_the_central_crop_do_not_change_predictions(data):
     assert not np.allclose(whole.predict_proba(framed), whole.predict_proba(images))
 
 
+def _bordered_images(n_per_class: int = 12, size: int = 40):
+    """Two classes that differ only in a 3-pixel frame, bright or dark, around the same
+    kind of noise: visible to the whole image, cropped away by ImageNet's framing."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(60, 200, (2 * n_per_class, size, size, 3)).astype(np.uint8)
+    y = np.repeat(np.array(["bright frame", "dark frame"]), n_per_class)
+    frame = np.ones((size, size), bool)
+    frame[3:-3, 3:-3] = False
+    X[:n_per_class, frame], X[n_per_class:, frame] = 255, 0
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def framed_fit():
+    X, y = _bordered_images()
+    return tiny(epochs=1, head_init="logistic").fit(X, y), X, y
+
+
+def test_auto_framing_sees_the_whole_image_where_the_border_holds_the_classes(framed_fit):
+    clf, X, y = framed_fit
+    losses = clf.history_["framing"]["cv_log_loss"]
+    assert clf.crop_fraction == "auto" and clf.crop_fraction_ == 1.0
+    assert losses[1.0] < losses[0.875]
+    # Images are loaded for ImageNet's framing, and predict sees all of them.
+    assert clf.source_size_ == (37, 37)
+    assert clf.score(X, y) == 1.0
+
+
+def test_a_chosen_framing_survives_pickling(framed_fit):
+    clf, X, _ = framed_fit
+    restored = pickle.loads(pickle.dumps(clf))
+    assert restored.crop_fraction_ == 1.0
+    np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
+
+
+def test_choose_framing_takes_the_framing_a_linear_probe_separates_best():
+    from transferkit.training import choose_framing
+
+    rng = np.random.RandomState(0)
+    y = np.repeat([0, 1], 30)
+    separable = rng.normal(size=(60, 4)) + np.where(y[:, None] == 1, 1.5, -1.5)
+    noise = rng.normal(size=(60, 4))
+    chosen, losses = choose_framing({0.875: noise, 1.0: separable}, y, np.ones(60), 2, 0,
+                                    lambda message: None)
+    assert chosen == 1.0 and losses[1.0] < losses[0.875]
+
+
+def test_choose_framing_keeps_the_first_framing_when_there_is_nothing_to_compare():
+    from transferkit.training import choose_framing
+
+    y = np.array([0, 0, 0, 1])  # one image of a class: too few to cross-validate
+    features = np.eye(4)
+    assert choose_framing({0.875: features, 1.0: features}, y, np.ones(4), 2, 0,
+                          print) == (0.875, None)
+    assert choose_framing({0.9: features}, y, np.ones(4), 2, 0, print) == (0.9, None)
+
+
 def test_early_stopping_counts_only_decreases_beyond_one_standard_error():
     from transferkit.training import clearly_lower
 
@@ -544,7 +602,8 @@ def test_freeze_until_after_cut_raises(data):
      ({"validation_fraction": 1.5}, "validation_fraction"), ({"pooling": "sum"}, "pooling"),
      ({"cache": "yes"}, "cache"), ({"class_weight": "even"}, "class_weight"),
      ({"head_init": "sgd"}, "head_init"), ({"crop_fraction": 0}, "crop_fraction"),
-     ({"crop_fraction": 1.2}, "crop_fraction"), ({"head_views": -1}, "head_views")],
+     ({"crop_fraction": 1.2}, "crop_fraction"), ({"head_views": -1}, "head_views"),
+     ({"crop_fraction": "whole"}, "crop_fraction='whole' must be 'auto' or a number in")],
 )
 def test_invalid_parameters_name_the_value(data, params, match):
     with pytest.raises(ValueError, match=match):

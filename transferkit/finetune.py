@@ -30,14 +30,21 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted
 
-from .finetune_network import build_finetune_network
+from .finetune_network import build_finetune_network, reframed
 from .image_input import as_image_collection
 from .network import POOLINGS, make_forward, run_batches
 from .openvino_runtime import check_runtime
 from .parameters import Integer, Options, Real, Satisfies, check_parameters, integer, optional_dict
 from .persistence import SaveMixin, register_estimator
 from .pickling import KerasPicklingMixin, weights_for
-from .training import FrozenPass, PhaseSettings, fit_logistic_head, frozen_pass, train_phase
+from .training import (
+    FrozenPass,
+    PhaseSettings,
+    choose_framing,
+    fit_logistic_head,
+    frozen_pass,
+    train_phase,
+)
 
 __all__ = ["FineTunedClassifier"]
 
@@ -229,14 +236,19 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         and ``"zoom"`` (those two as in the Keras transfer-learning guide), e.g.
         ``("flip", "rotation")`` or ``"flip"``; ``"all"`` for the four; ``None`` for none.
         It applies to the fine-tuning phase and to the ``head_views``.
-    crop_fraction : float, default=0.875
-        Images are resized to ``input_size / crop_fraction`` (256 x 256 for a 224 x 224
-        input) and the central ``input_size`` pixels are what the network sees, in
-        ``predict`` as in training (where ``"crop"`` draws its random boxes from the
-        whole resized image instead). This is the framing the ImageNet weights of
-        ``keras.applications`` were evaluated with; fine-tuned on random crops, a network
-        sees objects larger than in the whole image, and the central crop at prediction
-        matches that scale. ``1.0`` resizes the whole image to ``input_size``.
+    crop_fraction : "auto" or float, default="auto"
+        The part of each side of the image the network sees, in ``predict`` as in the
+        head's central views and validation (``"crop"`` draws its random boxes from the
+        whole image instead). A float ``f``: images are resized to ``input_size / f``
+        (256 x 256 for a 224 x 224 input at 0.875) and their central ``input_size``
+        pixels are kept; ``1.0`` resizes the whole image to ``input_size``. 0.875 is the
+        framing the ImageNet weights of ``keras.applications`` were evaluated with, and
+        suits photographs of objects; scans, textures and documents that fill their
+        frame lose information to it. ``"auto"`` chooses between 0.875 and 1.0 by the
+        log-loss of a 3-fold cross-validation of the logistic head on the central views
+        of the training images (one more frozen pass over them, in the same loading):
+        images are loaded at ``input_size / 0.875``, and the whole image is that,
+        resized to ``input_size`` (antialiased). ``crop_fraction_`` holds the choice.
     head_views : int, default=8
         With ``augment``, the head phase also learns from this many augmented views
         (random crops, flips, ...) of every training image, whose frozen features are
@@ -317,8 +329,12 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
     input_size_ : tuple of int
         ``(height, width)`` of the network's input.
     source_size_ : tuple of int
-        ``(height, width)`` images are resized to before the central crop
-        (``input_size_ / crop_fraction``); ``model_`` takes images of this size.
+        ``(height, width)`` images are resized to before their central view
+        (``input_size_ / crop_fraction``, ``input_size_ / 0.875`` for ``"auto"``);
+        ``model_`` takes images of this size.
+    crop_fraction_ : float
+        The part of each side of the image ``model_`` sees: ``crop_fraction``, or the
+        framing ``"auto"`` chose.
     cached_ : bool
         Whether the fine-tuning epochs ran on cached frozen activations.
     history_ : dict
@@ -373,7 +389,7 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         head_l2: float = 1e-3,
         head_init: str = "logistic",
         augment: str | tuple[str, ...] | None = ("crop", "flip"),
-        crop_fraction: float = 0.875,
+        crop_fraction: float | str = "auto",
         head_views: int = 8,
         train_batchnorm: bool = False,
         cache: str | bool = "auto",
@@ -432,7 +448,7 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         "head_learning_rate": Real(0),
         "head_l2": Real(0, brackets="[)"),
         "pooling": Options(POOLINGS, "use 'avg', 'max' or None (flatten)"),
-        "crop_fraction": Real(0, 1, "(]", "1 keeps the whole image"),
+        "crop_fraction": Real(0, 1, "(]", "1 keeps the whole image", also=("auto",)),
         "dropout": Real(0, 1, "[)"),
         "hidden_units": Integer(1, none_means="no hidden layer"),
         "validation_fraction": Real(0, 1, "()"),
@@ -467,15 +483,19 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
             )
 
     # ------------------------------------------------------------------ building
-    def _build(self, weights: Any, n_classes: int, seeds: dict[str, int]) -> None:
-        """Build every network of the estimator; deterministic given ``seeds``."""
+    def _build(self, weights: Any, n_classes: int, seeds: dict[str, int],
+               framing: float | None = None) -> None:
+        """Build every network of the estimator; deterministic given ``seeds``.
+
+        ``framing``: the crop fraction of the central view (default: the first that
+        ``crop_fraction`` allows)."""
         network = build_finetune_network(
             self.backbone, weights=weights, input_size=self.input_size, cut=self.cut,
             backbone_kwargs=self.backbone_kwargs, freeze_until=self.freeze_until,
             train_batchnorm=self.train_batchnorm, pooling=self.pooling, dropout=self.dropout,
             hidden_units=self.hidden_units, head_l2=self.head_l2,
             crop_fraction=self.crop_fraction, augmentations=self._augmentations(),
-            n_classes=n_classes, seeds=seeds,
+            n_classes=n_classes, seeds=seeds, framing=framing,
         )
         self._network, self.model_ = network, network.model
         # The live network: training changes the weights after this.
@@ -485,14 +505,23 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         self.freeze_layer_ = network.freeze_layer
         self.input_size_ = network.layout.input_size
         self.source_size_ = network.layout.source_size
+        self.crop_fraction_ = network.framing
 
     def _use_runtime(self) -> None:
         """Run ``predict`` with ``runtime``, on the final weights of ``model_``."""
         if self.runtime != "tensorflow":
             self._forward = make_forward(self.model_, self.source_size_, runtime=self.runtime)
 
+    def _use_framing(self, framing: float) -> None:
+        """Predict with the central view of ``framing``, on the same weights."""
+        if framing != self._network.framing:
+            self._network = reframed(self._network, framing)
+            self.model_ = self._network.model
+            self._forward = make_forward(self.model_, self.source_size_)
+            self.crop_fraction_ = framing
+
     def _rebuild_networks(self, weights: Any) -> None:
-        self._build(None, len(self.classes_), self._seeds)
+        self._build(None, len(self.classes_), self._seeds, framing=self.crop_fraction_)
         self.model_.set_weights(weights_for(weights, self.model_))
         self._use_runtime()
 
@@ -503,7 +532,11 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         if self.cache is True:
             return True
         per_view = 4 * int(np.prod(self._network.prefix.output.shape[1:]))
-        return max(n_views, 1) * n_images * per_view <= _FROZEN_ACTIVATIONS_MAX_BYTES
+        from .augmentation import framings
+
+        # The views, and the central view at each framing.
+        held = n_views + len(framings(self.crop_fraction))
+        return held * n_images * per_view <= _FROZEN_ACTIVATIONS_MAX_BYTES
 
     def _fit_head(self, frozen: FrozenPass, rows: np.ndarray, val_rows: np.ndarray | None,
                   y_code: np.ndarray, weight: np.ndarray, epochs: int,
@@ -604,7 +637,20 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
             # (the pixels are the same, bit for bit) while they fit in memory.
             images = images.held_in_memory(self.source_size_, self.batch_size,
                                            _DECODED_PIXELS_MAX_BYTES)
-        frozen = frozen_pass(network, images, n_views, self.cached_, settings, seeds["shuffle"])
+        from .augmentation import framings
+
+        candidates = framings(self.crop_fraction)
+        frozen = frozen_pass(network, images, n_views, self.cached_, settings, seeds["shuffle"],
+                             {f: reframed(network, f).frozen_net for f in candidates[1:]})
+        # 0. Which framing predict sees (crop_fraction="auto"): the one a linear probe on
+        #    the training part's central views separates best.
+        framing, framing_losses = choose_framing(
+            {f: frozen.framed(f).features[train_idx] for f in candidates},
+            y_code[train_idx], _unit_mean(weight[train_idx]), len(classes), seeds["split"],
+            self._log)
+        frozen = frozen.framed(framing)
+        self._use_framing(framing)
+        network = self._network
         shuffle_rng = np.random.RandomState(seeds["shuffle"])
         # The pretrained trainable part, to start the refit from.
         pretrained = network.trainable_net.get_weights()
@@ -617,6 +663,8 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         head_history = self._fit_head(frozen, train_idx, val_idx, y_code, weight,
                                       self.head_epochs, shuffle_rng, settings)
         self.history_ = {"head": head_history}
+        if framing_losses is not None:
+            self.history_["framing"] = {"crop_fraction": framing, "cv_log_loss": framing_losses}
         # Fine-tuning learns from the views where the head did (see _fit_head).
         views = "C" not in head_history or head_history["views"] > 1
         if self.cached_:

@@ -14,13 +14,14 @@ batches (:mod:`transferkit.network`), the estimator's parameters or its fitted a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .keras_setup import seeded_keras_init
 from .network import NetworkLayout, build_trunk, pool
 
-__all__ = ["FineTuneNetwork", "build_finetune_network", "explanation_parts", "resolve_freeze"]
+__all__ = ["FineTuneNetwork", "build_finetune_network", "explanation_parts", "reframed",
+           "resolve_freeze"]
 
 
 @dataclass
@@ -51,9 +52,16 @@ class FineTuneNetwork:
     head : keras.Model
         Pooled features -> logits.
     layout : NetworkLayout
-        ``n_features`` is the number of classes.
+        ``n_features`` is the number of classes; ``source_size`` the size images are
+        loaded at.
     freeze_layer : str or None
         The last frozen layer, None when nothing is frozen.
+    framing : float
+        The part of each side of the loaded image that the central view keeps.
+    augmentations : tuple of str
+        The augmentations of ``augment_net`` and ``train_net``.
+    augment_seed : int
+        Their first seed.
     """
 
     model: Any
@@ -67,6 +75,9 @@ class FineTuneNetwork:
     head: Any
     layout: NetworkLayout
     freeze_layer: str | None
+    framing: float
+    augmentations: tuple[str, ...]
+    augment_seed: int
 
 
 def resolve_freeze(full: Any, cut_layer: Any, freeze_until: Any, *, module: str, name: str,
@@ -107,16 +118,21 @@ def build_finetune_network(
     dropout: float,
     hidden_units: int | None,
     head_l2: float,
-    crop_fraction: float,
+    crop_fraction: float | str,
     augmentations: tuple[str, ...],
     n_classes: int,
     seeds: dict[str, int],
+    framing: float | None = None,
 ) -> FineTuneNetwork:
     """Build every network of a fine-tuned classifier; deterministic given ``seeds``.
 
     Parameters are those of :class:`transferkit.FineTunedClassifier` (``augmentations``
     as :func:`transferkit.augmentation.augmentation_names` gives them); ``seeds`` has the
-    keys ``"init"``, ``"dropout"`` and ``"augment"``.
+    keys ``"init"``, ``"dropout"`` and ``"augment"``. Images are loaded at the size whose
+    central part is the input for the smallest framing ``crop_fraction`` allows
+    (:func:`transferkit.augmentation.framings`); ``framing`` is the one the central view
+    keeps (default: the first allowed; a fit that chooses between them calls
+    :func:`reframed`).
 
     Returns
     -------
@@ -124,7 +140,7 @@ def build_finetune_network(
     """
     import keras
 
-    from .augmentation import CentralCrop, augmented, source_size
+    from .augmentation import framings, source_size
 
     layers = keras.layers
     trunk = build_trunk(backbone, weights=weights, input_size=input_size, cut=cut,
@@ -181,30 +197,61 @@ def build_finetune_network(
         head = keras.Model(features, logits, name="head")
 
     trainable_net = keras.Model(activations, head(pooled_net(activations)), name="tuned")
-    # Every network below takes images loaded at the source size: the central
-    # input-size crop of them is what the backbone sees, unless training crops at random.
-    source = source_size(size, crop_fraction)
+    layout = NetworkLayout(trunk.name, cut_layer.name, size,
+                           source_size(size, min(framings(crop_fraction))),
+                           trunk.preprocessing, n_classes)
+    framing = framings(crop_fraction)[0] if framing is None else framing
+    return FineTuneNetwork(**_pixel_networks(prefix, trainable_net, layout, framing,
+                                             augmentations, seeds["augment"]),
+                           prefix=prefix, trainable_net=trainable_net, pooled_net=pooled_net,
+                           head=head, layout=layout,
+                           freeze_layer=None if freeze_layer is None else freeze_layer.name,
+                           framing=framing, augmentations=augmentations,
+                           augment_seed=seeds["augment"])
+
+
+def _pixel_networks(prefix: Any, trainable_net: Any, layout: NetworkLayout, framing: float,
+                    augmentations: tuple[str, ...], seed: int) -> dict[str, Any]:
+    """The networks that take images at the source size, around ``prefix`` and
+    ``trainable_net``: the central view keeps ``framing`` of each side."""
+    import keras
+
+    from .augmentation import CentralView, augmented
+
+    size, source = layout.input_size, layout.source_size
+    # Every network below takes images loaded at the source size: their central view is
+    # what the backbone sees, unless training crops at random.
     loaded = keras.Input((source[0], source[1], 3), dtype="float32", name="loaded_pixels")
-    central = CentralCrop(size[0], size[1], name="central_crop")(loaded)
+    central = CentralView(size[0], size[1], framing, name="central_crop")(loaded)
     pixel_logits = trainable_net(prefix(central, training=False))
-    model = keras.Model(loaded, layers.Softmax(name="probabilities")(pixel_logits),
-                        name=f"{trunk.name}_finetuned")
-    # Loaded pixels -> augmented pixels at the input size (identity but for the crop
+    model = keras.Model(loaded, keras.layers.Softmax(name="probabilities")(pixel_logits),
+                        name=f"{layout.backbone_name}_finetuned")
+    # Loaded pixels -> augmented pixels at the input size (identity but for the framing
     # when there is no augmentation): also makes the augmented views of the head phase.
-    views = augmented(loaded, augmentations, size, seeds["augment"], central)
-    augment_net = keras.Model(loaded, views, name="augment")
-    train_net = keras.Model(
-        loaded, trainable_net(prefix(views, training=False)) if augmentations else pixel_logits,
-        name="pixels_to_logits",
-    )
-    frozen_net = keras.Model(loaded, prefix(central, training=False), name="frozen_central")
-    layout = NetworkLayout(trunk.name, cut_layer.name, size, source, trunk.preprocessing,
-                           n_classes)
-    central_net = keras.Model(loaded, pixel_logits, name="central_pixels_to_logits")
-    return FineTuneNetwork(model, train_net, central_net, frozen_net, augment_net, prefix,
-                           trainable_net,
-                           pooled_net, head, layout,
-                           None if freeze_layer is None else freeze_layer.name)
+    views = augmented(loaded, augmentations, size, seed, central, framing)
+    return {
+        "model": model,
+        "augment_net": keras.Model(loaded, views, name="augment"),
+        "train_net": keras.Model(
+            loaded, trainable_net(prefix(views, training=False)) if augmentations
+            else pixel_logits, name="pixels_to_logits"),
+        "frozen_net": keras.Model(loaded, prefix(central, training=False),
+                                  name="frozen_central"),
+        "central_net": keras.Model(loaded, pixel_logits, name="central_pixels_to_logits"),
+    }
+
+
+def reframed(network: FineTuneNetwork, framing: float) -> FineTuneNetwork:
+    """``network`` with its central view keeping ``framing`` of each side.
+
+    The prefix, trainable part and head, and so their weights, are the same objects:
+    training either network trains both. The image networks are new.
+    """
+    if framing == network.framing:
+        return network
+    return replace(network, framing=framing,
+                   **_pixel_networks(network.prefix, network.trainable_net, network.layout,
+                                     framing, network.augmentations, network.augment_seed))
 
 
 def explanation_parts(model: Any) -> tuple[Any, Any]:

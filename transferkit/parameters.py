@@ -47,14 +47,18 @@ class Integer:
 @dataclass(frozen=True)
 class Real:
     """A finite real number (not a bool) in an interval; ``brackets`` as written in maths,
-    e.g. ``"(]"`` for ``low < value <= high``. ``meaning`` follows the range in the message."""
+    e.g. ``"(]"`` for ``low < value <= high``. ``meaning`` follows the range in the message;
+    ``also`` lists strings accepted besides the numbers (``"auto"``)."""
 
     low: float
     high: float = math.inf
     brackets: str = "()"
     meaning: str = ""
+    also: tuple[str, ...] = ()
 
     def __call__(self, name: str, value: Any) -> None:
+        if isinstance(value, str) and value in self.also:
+            return
         if isinstance(value, numbers.Real) and not isinstance(value, bool) \
                 and math.isfinite(value):
             above = value >= self.low if self.brackets[0] == "[" else value > self.low
@@ -66,6 +70,8 @@ class Real:
         else:
             allowed = (f"a number in {self.brackets[0]}{self.low:g}, {self.high:g}"
                        f"{self.brackets[1]}")
+        if self.also:
+            allowed = " or ".join(repr(option) for option in self.also) + " or " + allowed
         tail = f": {self.meaning}" if self.meaning else ""
         raise ValueError(f"{name}={value!r} must be {allowed}{tail}.")
 

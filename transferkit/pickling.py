@@ -18,13 +18,22 @@ Imports nothing of transferkit.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["VALUES_BEFORE_THEY_EXISTED", "WEIGHTS_KEY", "KerasPicklingMixin", "fill_absent",
-           "weights_for"]
+__all__ = ["VALUES_BEFORE_THEY_EXISTED", "WEIGHTS_KEY", "KerasPicklingMixin", "SameAs",
+           "fill_absent", "weights_for"]
 
 WEIGHTS_KEY = "_fitted_weights"
 """The key of ``model_``'s weights in an estimator's pickled state."""
+
+@dataclass(frozen=True)
+class SameAs:
+    """In :data:`VALUES_BEFORE_THEY_EXISTED`: the value of another key of the same state
+    (one filled before it, if it was absent too)."""
+
+    key: str
+
 
 VALUES_BEFORE_THEY_EXISTED: dict[str, dict[str, Any]] = {
     "KerasFeatureExtractor": {
@@ -43,6 +52,8 @@ VALUES_BEFORE_THEY_EXISTED: dict[str, dict[str, Any]] = {
         "crop_fraction": 1.0,  # 188a806: the whole image was resized to the input size
         "head_views": 0,  # 188a806: the head learned from the images alone
         "runtime": "tensorflow",  # 93a9096
+        # crop_fraction="auto": before it, the network saw the crop_fraction it was given.
+        "crop_fraction_": SameAs("crop_fraction"),
     },
 }
 """For each estimator, parameters and attributes added after its first release, mapped to
@@ -71,7 +82,7 @@ def fill_absent(estimator: str, state: dict[str, Any], keys: Any = None) -> list
     filled = []
     for key, value in VALUES_BEFORE_THEY_EXISTED[estimator].items():
         if key not in state and (keys is None or key in keys):
-            state[key] = copy.deepcopy(value)
+            state[key] = state[value.key] if isinstance(value, SameAs) else copy.deepcopy(value)
             filled.append(key)
     return filled
 

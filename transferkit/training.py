@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,8 @@ from .image_input import ImageCollection
 from .network import make_forward, run_batches
 
 __all__ = ["HEAD_CS", "AugmentedViewPass", "FrozenPass", "PhaseSettings", "TrainingStep",
-           "ViewBank", "clearly_lower", "fit_logistic_head", "frozen_pass", "train_phase"]
+           "ViewBank", "choose_framing", "clearly_lower", "fit_logistic_head", "frozen_pass",
+           "train_phase"]
 
 # Inverse L2 strengths tried by the internal cross-validation of head_init="logistic".
 HEAD_CS = np.logspace(-3, 2, 11)
@@ -150,6 +151,10 @@ class FrozenPass:
     cached : bool
         Whether fine-tuning trains on frozen activations (``bank`` or ``central``)
         rather than on images streamed through the whole network.
+    framing : float
+        The part of each side of the loaded image that ``central`` keeps.
+    other_framings : dict
+        For each other framing computed in the same pass, its ``(central, features)``.
     """
 
     central: np.ndarray | None
@@ -157,6 +162,17 @@ class FrozenPass:
     view_features: list
     bank: ViewBank | None
     cached: bool
+    framing: float
+    other_framings: dict = field(default_factory=dict)
+
+    def framed(self, framing: float) -> FrozenPass:
+        """The same pass with the central views of ``framing`` (one it computed)."""
+        if framing == self.framing:
+            return self
+        framings = {**self.other_framings, self.framing: (self.central, self.features)}
+        central, features = framings.pop(framing)
+        return replace(self, central=central, features=features, framing=framing,
+                       other_framings=framings)
 
     def head_rows(self, rows: np.ndarray, views: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Head features of the images at ``rows`` (central crops, then each view unless
@@ -181,19 +197,25 @@ class FrozenPass:
 
 
 def frozen_pass(network: Any, images: ImageCollection, n_views: int, cached: bool,
-                settings: PhaseSettings, seed: int) -> FrozenPass:
-    """Run the frozen part once over ``images``: central crops and ``n_views`` views.
+                settings: PhaseSettings, seed: int,
+                other_frozen_nets: dict[float, Any] | None = None) -> FrozenPass:
+    """Run the frozen part once over ``images``: central views and ``n_views`` views.
 
     ``network`` is a :class:`transferkit.finetune_network.FineTuneNetwork`. The views are
     drawn by its augmentation, one per image per view, in the same loading of the images
-    as the central crops.
+    as the central views. ``other_frozen_nets`` maps other framings to the frozen network
+    of their central view, run in that same loading too (see :meth:`FrozenPass.framed`).
     """
     size, batch = settings.source_size, settings.batch_size
     keep_views = cached and n_views > 0
     view_pass = make_forward(AugmentedViewPass(network.augment_net, network.prefix,
                                                None if keep_views else network.pooled_net))
-    central, *views = run_batches([make_forward(network.frozen_net, size),
-                                   *[view_pass] * n_views], images, size, batch)
+    others = dict(other_frozen_nets or {})
+    central, *rest = run_batches(
+        [make_forward(network.frozen_net, size),
+         *[make_forward(net, size) for net in others.values()], *[view_pass] * n_views],
+        images, size, batch)
+    other_centrals, views = rest[:len(others)], rest[len(others):]
     pooled = make_forward(network.pooled_net)
 
     def pool(activations: np.ndarray) -> np.ndarray:
@@ -208,8 +230,11 @@ def frozen_pass(network: Any, images: ImageCollection, n_views: int, cached: boo
         view_features = views
     del views
     features = pool(central)
-    # Streamed epochs do not read them: only the central crops' pooled features are kept.
-    return FrozenPass(central if cached else None, features, view_features, bank, cached)
+    # Streamed epochs do not read them: only the central views' pooled features are kept.
+    other_framings = {framing: (other if cached else None, pool(other))
+                      for framing, other in zip(others, other_centrals, strict=True)}
+    return FrozenPass(central if cached else None, features, view_features, bank, cached,
+                      network.framing, other_framings)
 
 
 def clearly_lower(losses: np.ndarray, reference: np.ndarray) -> bool:
@@ -350,6 +375,41 @@ def train_phase(
         model.set_weights(best_weights)
     history["best_epoch"] = best_epoch if val is not None else len(history["loss"]) - 1
     return history
+
+
+def choose_framing(features: dict[float, np.ndarray], y: np.ndarray, w: np.ndarray,
+                   n_classes: int, seed: int,
+                   log: Callable[[str], None]) -> tuple[float, dict[float, float] | None]:
+    """The framing whose central views a linear probe separates best, and every score.
+
+    ``features`` maps each framing to the pooled features of the images' central views
+    at it. Each is scored by the log-loss of the same stratified 3-fold cross-validation
+    of the logistic head (:data:`HEAD_CS`), on the same folds; the lowest wins, the first
+    on a tie. With one framing, or a class too small to cross-validate, the first framing
+    and no scores.
+    """
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    candidates = list(features)
+    n_splits = int(min(3, np.bincount(y, minlength=n_classes).min()))
+    if len(candidates) == 1 or n_splits < 2:
+        return candidates[0], None
+    started = time.perf_counter()
+    folds = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(
+        features[candidates[0]], y))
+    losses = {}
+    for framing in candidates:
+        fitted = LogisticRegressionCV(
+            Cs=HEAD_CS, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=2000, tol=1e-3,
+            use_legacy_attributes=False, cv=folds,
+        ).fit(features[framing], y, sample_weight=w)
+        losses[framing] = float(-np.asarray(fitted.scores_).mean(axis=0).max())
+    chosen = min(candidates, key=lambda framing: losses[framing])  # first on a tie
+    scores = ", ".join(f"{framing:g}: {loss:.4f}" for framing, loss in losses.items())
+    log(f"framing: crop_fraction={chosen:g}, by {n_splits}-fold CV log-loss ({scores}; "
+        f"{time.perf_counter() - started:.1f} s)")
+    return chosen, losses
 
 
 def fit_logistic_head(
