@@ -336,7 +336,8 @@ def test_a_file_of_the_current_format_without_the_manifest_digest_is_refused(sma
     path = save(small, tmp_path / "small.tkz")
     _rewrite(path, members={"manifest.sha256": None})
     with pytest.raises(ModelFileError, match="has no manifest.sha256, which every file of "
-                                             "format version 2 holds"):
+                                             f"format version {persistence.FORMAT_VERSION} "
+                                             "holds"):
         load(path)
 
 
@@ -516,11 +517,14 @@ def test_another_transferkit_version_warns_naming_both(small, data, tmp_path):
 # ------------------------------------------------------------------ files of earlier versions
 # Saved by the code of an earlier commit with tests/fixtures/make_fixtures.py (see the README
 # there): 9769c3a, before the feature cache (pickles only: save() came later); 64e4ccd, the
-# last commit before the central crop; format2, the current format.
+# last commit before the central crop; format2, the last before crop_fraction="auto";
+# format3, the current format.
 OLD_FILES = [("64e4ccd", "extractor.tkz"), ("64e4ccd", "classifier.tkz")]
+FORMAT_2_FILES = [("format2", "extractor.tkz"), ("format2", "classifier.tkz")]
 OLD_PICKLES = [("9769c3a", "extractor.joblib"), ("9769c3a", "classifier.joblib"),
-               ("64e4ccd", "extractor.joblib"), ("64e4ccd", "classifier.joblib")]
-CURRENT = [("format2", name) for name in ("extractor.tkz", "classifier.tkz",
+               ("64e4ccd", "extractor.joblib"), ("64e4ccd", "classifier.joblib"),
+               ("format2", "extractor.joblib"), ("format2", "classifier.joblib")]
+CURRENT = [("format3", name) for name in ("extractor.tkz", "classifier.tkz",
                                          "extractor.joblib", "classifier.joblib")]
 
 
@@ -540,6 +544,22 @@ def test_files_of_format_1_give_the_outputs_they_gave_when_saved(folder, name):
     with pytest.warns(FileVersionWarning, match="format version 1"):
         model = load(FIXTURES / folder / name)
     np.testing.assert_allclose(*_saved_outputs(folder, name, model), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("folder", "name"), FORMAT_2_FILES, ids=_fixture_id)
+def test_files_of_format_2_give_the_outputs_they_gave_when_saved(folder, name):
+    with pytest.warns(FileVersionWarning, match="format version 2") as record:
+        model = load(FIXTURES / folder / name)
+    np.testing.assert_allclose(*_saved_outputs(folder, name, model), rtol=0, atol=1e-6)
+    assert "no digest" not in str(record[0].message)  # format 2 files have one
+
+
+def test_a_classifier_from_before_auto_framing_sees_the_crop_fraction_it_was_given():
+    with pytest.warns(FileVersionWarning):
+        classifier = load(FIXTURES / "format2" / "classifier.tkz")
+    pickled = joblib.load(FIXTURES / "format2" / "classifier.joblib")
+    for model in (classifier, pickled):
+        assert model.crop_fraction_ == model.crop_fraction == 0.875
 
 
 def test_a_file_of_format_1_warns_that_edits_to_it_go_unnoticed():

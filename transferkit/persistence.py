@@ -557,12 +557,14 @@ def _check_versions(manifest: dict, where: str, sealed: bool) -> int:
         )
     notes = []
     if version < FORMAT_VERSION:
+        unchecked = ("its manifest has no digest, so an edit to it would go unnoticed. "
+                     if version < 2 else "")
         notes.append(
             f"{where} is in file format version {version}; this transferkit writes version "
-            f"{FORMAT_VERSION}. Parameters the file lacks take the values they had before they "
-            f"existed (transferkit.persistence.VALUES_BEFORE_THEY_EXISTED), so it gives the "
-            f"output it gave when saved; its manifest has no digest, so an edit to it would "
-            f"go unnoticed. Save it again to write the current format."
+            f"{FORMAT_VERSION}. Parameters and attributes the file lacks take the values they "
+            f"had before they existed (transferkit.persistence.VALUES_BEFORE_THEY_EXISTED), "
+            f"so it gives the output it gave when saved; {unchecked}Save it again to write "
+            f"the current format."
         )
     saved = manifest.get("transferkit_version")
     if saved != __version__:
