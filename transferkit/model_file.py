@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from .advice import advised
+
 __all__ = [
     "MANIFEST",
     "MANIFEST_DIGEST",
@@ -179,10 +181,11 @@ def _sync_directory(directory: Path) -> None:
 class ModelArchive:
     """A model file opened for reading, its zip structure checked.
 
-    Every member must be stored (not compressed), unencrypted, listed once, and described
-    alike by its local header and the central directory, as :func:`write_archive` writes
-    them. Any damage to the structure, and any failure of the zip parser, raises
-    :class:`ModelFileError`.
+    It must hold a ``manifest.json`` (a zip archive without one, such as NumPy's ``.npz``,
+    is another kind of file, not a damaged model file). Every member must be stored (not
+    compressed), unencrypted, listed once, and described alike by its local header and the
+    central directory, as :func:`write_archive` writes them. Any damage to the structure,
+    and any failure of the zip parser, raises :class:`ModelFileError`.
 
     Parameters
     ----------
@@ -198,14 +201,22 @@ class ModelArchive:
             self._zip = zipfile.ZipFile(self._handle)
         except Exception as exc:  # the zip parser's failures are many; each means the same
             self._handle.close()
-            raise ModelFileError(
-                f"{self.where} is not a transferkit model file, or it is truncated "
-                f"({type(exc).__name__}: {exc}). Files written by transferkit.save are zip "
-                f"archives; a file written by joblib.dump must be loaded with joblib.load "
-                f"(only from a trusted source)."
+            raise advised(
+                ModelFileError,
+                "{where} is not a transferkit model file, or it is truncated ({error}). "
+                "{model_file_formats}",
+                where=self.where, error=f"{type(exc).__name__}: {exc}",
             ) from exc
         try:
             self.names = self._zip.namelist()
+            # Before the checks of its members, which would call another zip file damaged.
+            if MANIFEST not in self.names:
+                raise advised(
+                    ModelFileError,
+                    "{where} is a zip file without {manifest!r}: not a file written by "
+                    "{model_writer} ({other_zip_files}).",
+                    where=self.where, manifest=MANIFEST,
+                )
             if len(self.names) != len(set(self.names)):
                 raise ModelFileError(
                     f"{self.where} holds the same member twice; the file was edited."
@@ -229,10 +240,12 @@ class ModelArchive:
         self._handle.close()
 
     def _damaged(self, member: str, problem: str) -> ModelFileError:
-        return ModelFileError(
-            f"{self.where}: member {member!r} {problem}; transferkit.save never writes it so, "
-            f"so the file was damaged or altered after it was saved. Restore it from a copy "
-            f"or save the estimator again."
+        return advised(
+            ModelFileError,
+            "{where}: member {member!r} {problem}; {model_writer} never writes it so, so the "
+            "file was damaged or altered after it was saved. Restore it from a copy or save "
+            "the estimator again.",
+            where=self.where, member=member, problem=problem,
         )
 
     def _check_entry(self, info: zipfile.ZipInfo) -> None:

@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .advice import advised
+
 if TYPE_CHECKING:
     import keras
 
@@ -44,10 +46,12 @@ def resolve_weights(weights: Any) -> str | Path | None:
     )
     if path.is_file():
         if not path.name.lower().endswith(WEIGHT_FILE_SUFFIXES):
-            raise ValueError(
-                f"weights={str(weights)!r} is a file, but not a format transferkit can load: "
-                f"use a legacy Keras '.h5'/'.hdf5' weights file, a Keras 3 '.weights.h5' "
-                f"file or a '.keras' model file."
+            raise advised(
+                ValueError,
+                "{weights_given} is a file, but not a format transferkit can load: use a "
+                "legacy Keras '.h5'/'.hdf5' weights file, a Keras 3 '.weights.h5' file or a "
+                "'.keras' model file.",
+                weights=str(weights),
             )
         return path
     if path.exists():
@@ -72,12 +76,14 @@ def _weighted_layers(model: keras.Model) -> list[Any]:
 def _missing_layers_error(model: keras.Model, path: Path, missing: list[str]) -> ValueError:
     shown = ", ".join(repr(name) for name in missing[:10])
     more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-    return ValueError(
-        f"{str(path)!r} has no matching weights (same layer name and shapes) for "
-        f"{len(missing)} of the "
-        f"{len(_weighted_layers(model))} weighted layers of {model.name!r}: {shown}{more}. "
-        f"The file must come from the same backbone and constructor arguments "
-        f"(backbone_kwargs); refusing to leave these layers randomly initialised."
+    return advised(
+        ValueError,
+        "{path!r} has no matching weights (same layer name and shapes) for {n_missing} of "
+        "the {n_weighted} weighted layers of {model!r}: {shown}{more}. The file must come "
+        "from the same backbone and constructor arguments ({backbone_kwargs_option}); refusing "
+        "to leave these layers randomly initialised.",
+        path=str(path), n_missing=len(missing), n_weighted=len(_weighted_layers(model)),
+        model=model.name, shown=shown, more=more,
     )
 
 
@@ -172,10 +178,12 @@ def _load_keras_file(model: keras.Model, path: Path) -> None:
         expected = [tuple(w.shape) for w in layer.weights]
         received = [tuple(v.shape) for v in values]
         if expected != received:
-            raise ValueError(
-                f"Layer {layer.name!r} has weights of shapes {expected} but {str(path)!r} "
-                f"holds shapes {received} for it: the file comes from a different "
-                f"architecture or backbone_kwargs."
+            raise advised(
+                ValueError,
+                "Layer {layer!r} has weights of shapes {expected} but {path!r} holds shapes "
+                "{received} for it: the file comes from a different architecture or "
+                "{backbone_kwargs_option}.",
+                layer=layer.name, expected=expected, path=str(path), received=received,
             )
         layer.set_weights(values)
 
