@@ -18,7 +18,7 @@ PACKAGE = REPO / "transferkit"
 # row or of the rows before it.
 LAYERS = [
     {"keras_setup", "parameters", "pickling", "plain_data", "model_file", "weights_files",
-     "console", "advice"},
+     "console", "advice", "backbone_table"},
     {"backbones", "cut_points", "augmentation", "batchnorm_folding", "openvino_runtime",
      "image_input", "cache"},
     {"network"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from transferkit.backbones import build_backbone, get_backbone_spec
-from transferkit.cut_points import list_cut_points, resolve_cut, truncate
+from transferkit.cut_points import _built_cut_points, list_cut_points, resolve_cut, truncate
 
 
 @pytest.fixture(autouse=True)
@@ -100,6 +100,8 @@ def test_seed_backbone_cuts_at_default_size_have_expected_shapes(name, expected)
 )
 def test_list_cut_points_gives_family_block_names_shallowest_first(name, expected):
     assert list_cut_points(name) == expected
+    # Read from the built network too, not only from transferkit.backbone_table.
+    assert _built_cut_points(name, get_backbone_spec(name).module, None) == expected
 
 
 def test_list_cut_points_accepts_any_spelling_of_the_backbone():

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .advice import advised
+from .backbone_table import BACKBONES, describes_installed_keras
 from .weights_files import load_weights_file, resolve_weights
 
 if TYPE_CHECKING:
@@ -40,52 +42,6 @@ __all__ = [
     "list_backbones",
     "resolve_input_size",
 ]
-
-# name -> (default square input size, channels of the include_top=False output).
-# Sizes are the ones each constructor documents as `default_size`; widths were
-# measured on Keras 3 with the default constructor arguments.
-_KNOWN_BACKBONES: dict[str, tuple[int, int]] = {
-    "ConvNeXtTiny": (224, 768),
-    "ConvNeXtSmall": (224, 768),
-    "ConvNeXtBase": (224, 1024),
-    "ConvNeXtLarge": (224, 1536),
-    "ConvNeXtXLarge": (224, 2048),
-    "DenseNet121": (224, 1024),
-    "DenseNet169": (224, 1664),
-    "DenseNet201": (224, 1920),
-    "EfficientNetB0": (224, 1280),
-    "EfficientNetB1": (240, 1280),
-    "EfficientNetB2": (260, 1408),
-    "EfficientNetB3": (300, 1536),
-    "EfficientNetB4": (380, 1792),
-    "EfficientNetB5": (456, 2048),
-    "EfficientNetB6": (528, 2304),
-    "EfficientNetB7": (600, 2560),
-    "EfficientNetV2B0": (224, 1280),
-    "EfficientNetV2B1": (240, 1280),
-    "EfficientNetV2B2": (260, 1408),
-    "EfficientNetV2B3": (300, 1536),
-    "EfficientNetV2S": (384, 1280),
-    "EfficientNetV2M": (480, 1280),
-    "EfficientNetV2L": (480, 1280),
-    "InceptionResNetV2": (299, 1536),
-    "InceptionV3": (299, 2048),
-    "MobileNet": (224, 1024),
-    "MobileNetV2": (224, 1280),
-    "MobileNetV3Small": (224, 576),
-    "MobileNetV3Large": (224, 960),
-    "NASNetMobile": (224, 1056),
-    "NASNetLarge": (331, 4032),
-    "ResNet50": (224, 2048),
-    "ResNet101": (224, 2048),
-    "ResNet152": (224, 2048),
-    "ResNet50V2": (224, 2048),
-    "ResNet101V2": (224, 2048),
-    "ResNet152V2": (224, 2048),
-    "VGG16": (224, 512),
-    "VGG19": (224, 512),
-    "Xception": (299, 2048),
-}
 
 # `preprocess_input` is defined once per keras.applications submodule, so the
 # kind of preprocessing is a property of the module, not of the constructor.
@@ -118,15 +74,16 @@ _DEFAULT_MIN_INPUT_SIZE = 32
 
 _DEFAULT_SIZE_FOR_UNKNOWN = 224
 
-# Constructor parameters that build_backbone sets itself, with what to do instead.
+# Constructor parameters that build_backbone sets itself, with what to do instead (templates
+# of transferkit.advice).
 _RESERVED_KWARGS: dict[str, str] = {
     "include_top": (
         "transferkit always builds the backbone without its classification top; "
-        "choose how deep to go with a cut point instead (see list_cut_points())"
+        "choose how deep to go with a cut point instead (see {list_cut_points})"
     ),
-    "weights": "pass weights= to build_backbone instead",
-    "input_shape": "pass input_size=(height, width) to build_backbone instead",
-    "input_tensor": "pass input_size=(height, width) to build_backbone instead",
+    "weights": "{choose_weights} instead",
+    "input_shape": "{choose_input_size} instead",
+    "input_tensor": "{choose_input_size} instead",
     "pooling": (
         "build_backbone always returns the unpooled feature map; pooling is applied "
         "after the cut point, outside the backbone"
@@ -233,7 +190,18 @@ def _module_of(constructor: Callable[..., Any], found_in: str | None) -> str:
 
 @functools.cache
 def _registry() -> dict[str, _Entry]:
-    """Walk keras.applications once; map lower-cased name -> entry."""
+    """Map lower-cased name -> entry, for every constructor of keras.applications."""
+    if describes_installed_keras():
+        return {
+            name.lower(): _Entry(name, module, size, width,
+                                 _PREPROCESSING_BY_MODULE.get(module, "unknown"))
+            for name, (module, size, width, _) in BACKBONES.items()
+        }
+    return _discovered_registry()
+
+
+def _discovered_registry() -> dict[str, _Entry]:
+    """Walk keras.applications; map lower-cased name -> entry."""
     import keras
 
     applications = keras.applications
@@ -256,8 +224,8 @@ def _registry() -> dict[str, _Entry]:
             if key in entries:
                 continue
             module = _module_of(constructor, owner_name)
-            default_size, feature_width = _KNOWN_BACKBONES.get(
-                attr, (_DEFAULT_SIZE_FOR_UNKNOWN, None)
+            _, default_size, feature_width, _ = BACKBONES.get(
+                attr, (None, _DEFAULT_SIZE_FOR_UNKNOWN, None, None)
             )
             entries[key] = _Entry(
                 name=attr,
@@ -282,9 +250,11 @@ def _canonical_entry(name: str) -> _Entry:
         by_lower = {k.lower(): k for k in known}
         close = difflib.get_close_matches(name.strip().lower(), list(by_lower), n=5, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(by_lower[c]) for c in close)}?" if close else ""
-        raise ValueError(
-            f"Unknown backbone {name!r}.{hint} Call transferkit.backbones.list_backbones() "
-            f"for the {len(known)} backbones of the installed keras.applications."
+        raise advised(
+            ValueError,
+            "Unknown backbone {name!r}.{hint} See {list_backbones} for the {count} backbones "
+            "of the installed keras.applications.",
+            name=name, hint=hint, count=len(known),
         )
     return entry
 
@@ -443,15 +413,18 @@ def _check_backbone_kwargs(
         )
     for key in backbone_kwargs:
         if key in _RESERVED_KWARGS:
-            raise ValueError(f"backbone_kwargs may not contain {key!r}: {_RESERVED_KWARGS[key]}.")
+            raise advised(ValueError, "{backbone_kwargs_option} may not contain {key!r}: "
+                          + _RESERVED_KWARGS[key] + ".", key=key)
     parameters = inspect.signature(spec.constructor).parameters
     takes_var_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     unknown = sorted(set(backbone_kwargs) - set(parameters))
     if unknown and not takes_var_kwargs:
         accepted = sorted(set(parameters) - set(_RESERVED_KWARGS))
-        raise TypeError(
-            f"keras.applications.{spec.name} does not accept {unknown} in backbone_kwargs; "
-            f"it accepts {accepted}."
+        raise advised(
+            TypeError,
+            "keras.applications.{name} does not accept {unknown} in {backbone_kwargs_option}; it "
+            "accepts {accepted}.",
+            name=spec.name, unknown=unknown, accepted=accepted,
         )
     return dict(backbone_kwargs)
 
@@ -483,17 +456,22 @@ def _construct(
     except ValueError as err:
         message = str(err)
         minimum = re.search(r"at least (\d+)\s*x\s*(\d+)", message)
+        sizes = {"input_size": input_size, "name": spec.name, "default": spec.default_size}
         if minimum is not None:
-            raise ValueError(
-                f"input_size={input_size} is too small for {spec.name}: it needs images of "
-                f"at least {minimum.group(1)}x{minimum.group(2)} pixels. Pass a larger "
-                f"input_size (the default for {spec.name} is {spec.default_size})."
+            raise advised(
+                ValueError,
+                "{input_size_given} is too small for {name}: it needs images of at least "
+                "{minimum} pixels. Pass a larger {input_size_option} (the default for {name} is "
+                "{default}).",
+                minimum=f"{minimum.group(1)}x{minimum.group(2)}", **sizes,
             ) from err
         if re.search(r"negative|output size|too small", message, flags=re.IGNORECASE):
-            raise ValueError(
-                f"input_size={input_size} is too small for {spec.name}: its feature map "
-                f"shrinks below one pixel. Pass a larger input_size (the default for "
-                f"{spec.name} is {spec.default_size})."
+            raise advised(
+                ValueError,
+                "{input_size_given} is too small for {name}: its feature map shrinks below "
+                "one pixel. Pass a larger {input_size_option} (the default for {name} is "
+                "{default}).",
+                **sizes,
             ) from err
         raise
     except Exception as err:
@@ -505,11 +483,13 @@ def _construct(
             if not os.access(home, os.W_OK):
                 home = os.path.join("/tmp", ".keras")  # where Keras itself falls back
             cache = Path(home) / "models"
-            raise WeightsUnavailableError(
-                f"Could not download the ImageNet weights of {spec.name} ({err}). Without "
-                f"internet, put the Keras weight file in {str(cache)!r} (KERAS_HOME must be "
-                f"writable), pass weights='/path/to/weights.h5', or use weights=None for "
-                f"random initialisation."
+            raise advised(
+                WeightsUnavailableError,
+                "Could not download the ImageNet weights of {name} ({reason}). Without "
+                "internet, put the Keras weight file in {cache!r} (KERAS_HOME must be "
+                "writable), pass {weights_file}, or use {random_weights} for random "
+                "initialisation.",
+                name=spec.name, reason=str(err), cache=str(cache),
             ) from err
         raise
 

@@ -5,7 +5,10 @@ Users rarely want an arbitrary layer: the useful places are the boundaries
 between the blocks (stages) of the architecture, where the whole state of the
 network is a single tensor. Those are offered under the block names the Keras
 implementation uses (``"conv4"`` for ResNet50, ``"mixed7"`` for InceptionV3,
-...), read from the real layer names.
+...), read from the real layer names. For the Keras release
+:mod:`transferkit.backbone_table` was recorded from, the block names of each backbone with
+its default constructor arguments are read from that table instead: listing them then needs
+neither Keras nor a network.
 
 Keras is imported inside the functions: ``import transferkit`` must not pay
 for TensorFlow's start-up.
@@ -20,6 +23,9 @@ import difflib
 import numbers
 import re
 from typing import TYPE_CHECKING, Any
+
+from .advice import advised
+from .backbone_table import BACKBONES, describes_installed_keras
 
 if TYPE_CHECKING:
     import keras
@@ -247,7 +253,9 @@ def list_cut_points(
     -----
     Block names are read from a model built with ``weights=None`` at the
     smallest input size the backbone accepts; the result is cached per
-    backbone and ``backbone_kwargs``.
+    backbone and ``backbone_kwargs``. Without ``backbone_kwargs``, and with the Keras
+    release :mod:`transferkit.backbone_table` records, they come from that table and
+    nothing is built.
     """
     if not isinstance(backbone, str):
         operations, articulation = _graph(backbone)
@@ -257,15 +265,24 @@ def list_cut_points(
             if is_cut and not _is_input_layer(op)
         ]
 
-    from .backbones import build_smallest, get_backbone_spec
+    from .backbones import get_backbone_spec
 
     spec = get_backbone_spec(backbone)
+    if not backbone_kwargs and spec.name in BACKBONES and describes_installed_keras():
+        return list(BACKBONES[spec.name][3])
     key = _cache_key(spec.name, backbone_kwargs)
     if key not in _CUT_POINT_CACHE:
-        model = build_smallest(spec.name, backbone_kwargs)
-        operations, articulation = _graph(model)
-        _CUT_POINT_CACHE[key] = list(_block_ends(operations, articulation, spec.module))
+        _CUT_POINT_CACHE[key] = _built_cut_points(spec.name, spec.module, backbone_kwargs)
     return list(_CUT_POINT_CACHE[key])
+
+
+def _built_cut_points(name: str, module: str, backbone_kwargs: dict[str, Any] | None
+                      ) -> list[str]:
+    """Block names read from the smallest network of a backbone (what the table records)."""
+    from .backbones import build_smallest
+
+    operations, articulation = _graph(build_smallest(name, backbone_kwargs))
+    return list(_block_ends(operations, articulation, module))
 
 
 def resolve_cut(
@@ -313,15 +330,19 @@ def resolve_cut(
         n_layers = len(layers)
         valid = f"{first}..{n_layers - 1} or -{n_layers - first}..-1"
         if not -n_layers <= cut < n_layers:
-            raise ValueError(
-                f"cut={cut} is out of range for {model.name!r}, which has {n_layers} layers; "
-                f"use an index in {valid}, or a name from list_cut_points()."
+            raise advised(
+                ValueError,
+                "{cut_given} is out of range for {model!r}, which has {n_layers} layers; use "
+                "an index in {valid}, or a name from {list_cut_points}.",
+                cut=cut, model=model.name, n_layers=n_layers, valid=valid,
             )
         layer = layers[cut]
         if _is_input_layer(layer):
-            raise ValueError(
-                f"cut={cut} is the input layer {layer.name!r} of {model.name!r}, which "
-                f"extracts nothing; use an index in {valid}."
+            raise advised(
+                ValueError,
+                "{cut_given} is the input layer {layer!r} of {model!r}, which extracts "
+                "nothing; use an index in {valid}.",
+                cut=cut, layer=layer.name, model=model.name, valid=valid,
             )
         return layer
 
@@ -352,10 +373,11 @@ def resolve_cut(
     hint = f" Closest: {', '.join(repr(lowered[c]) for c in close)}." if close else ""
     kind = "block or layer" if blocks else "layer"
     family = f" ({module} family)" if module else ""
-    raise ValueError(
-        f"cut={cut!r} is not a {kind} name of {model.name!r}{family}.{hint} "
-        f"Call transferkit.cut_points.list_cut_points() for the valid cut points, or "
-        f"pass an int index into model.layers."
+    raise advised(
+        ValueError,
+        "{cut_given} is not a {kind} name of {model!r}{family}.{hint} See {list_cut_points} "
+        "for the valid cut points, or pass {cut_by_index}.",
+        cut=cut, kind=kind, model=model.name, family=family, hint=hint,
     )
 
 
