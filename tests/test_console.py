@@ -35,3 +35,17 @@ def test_a_user_who_sets_the_tensorflow_log_level_keeps_it():
     assert result.returncode == 0
     assert result.stdout.strip() == "shape (1, 512)"
     assert result.stderr.strip() != ""  # TensorFlow's own start-up lines, as asked for
+
+
+def test_a_worker_process_inherits_the_quiet_start_up():
+    # joblib's workers (GridSearchCV(n_jobs=2)) are fresh interpreters with this process's
+    # environment, which now holds the level transferkit set: still not the user's choice.
+    worker = "import transferkit, tensorflow; print('worker ready')"
+    script = ("import subprocess, sys, transferkit\n"
+              f"subprocess.run([sys.executable, '-c', {worker!r}], check=True)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**env, "PYTHONPATH": str(REPO)}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "worker ready"
+    assert result.stderr.strip() == ""

@@ -7,24 +7,33 @@ Keras Applications backbones become scikit-learn transformers
 file paths, PIL images or a DataFrame column of paths.
 """
 
-import os as _os
+from importlib import import_module as _import_module
+from importlib import util as _importlib_util
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
-from .console import install_quiet_tensorflow_import as _install_quiet_tensorflow_import
+from .console import quiet_tensorflow_unless_asked as _quiet_tensorflow_unless_asked
 
 # TensorFlow's start-up lines are noise to a scikit-learn user: keep them out of the console
-# unless the user set TF_CPP_MIN_LOG_LEVEL (0 shows everything). Level 3 also hides the
-# "failed call to cuInit" error that CPU-only machines log at the first model build; real
-# failures still raise Python exceptions. See transferkit.console.
-_install_quiet_tensorflow_import("TF_CPP_MIN_LOG_LEVEL" in _os.environ)
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from .backbones import WeightsUnavailableError, list_backbones  # noqa: E402
-from .cut_points import list_cut_points  # noqa: E402
-from .extractor import KerasFeatureExtractor  # noqa: E402
-from .finetune import FineTunedClassifier  # noqa: E402
-from .persistence import FileVersionWarning, ModelFileError, load, save  # noqa: E402
+# unless the user set TF_CPP_MIN_LOG_LEVEL (0 shows everything). See transferkit.console.
+_quiet_tensorflow_unless_asked()
 
 __version__ = "0.1.0"
+
+# Public name -> the module defining it, imported when the name is first used (PEP 562):
+# the estimators import scikit-learn, which costs seconds that `import transferkit` and the
+# command line's listings need not pay.
+_PUBLIC = {
+    "FileVersionWarning": "persistence",
+    "FineTunedClassifier": "finetune",
+    "KerasFeatureExtractor": "extractor",
+    "ModelFileError": "persistence",
+    "WeightsUnavailableError": "backbones",
+    "list_backbones": "backbones",
+    "list_cut_points": "cut_points",
+    "load": "persistence",
+    "save": "persistence",
+}
 
 __all__ = [
     "FileVersionWarning",
@@ -38,3 +47,27 @@ __all__ = [
     "load",
     "save",
 ]
+
+if _TYPE_CHECKING:
+    from .backbones import WeightsUnavailableError, list_backbones
+    from .cut_points import list_cut_points
+    from .extractor import KerasFeatureExtractor
+    from .finetune import FineTunedClassifier
+    from .persistence import FileVersionWarning, ModelFileError, load, save
+
+
+def __getattr__(name: str) -> _Any:
+    if name in _PUBLIC:
+        value = getattr(_import_module(f".{_PUBLIC[name]}", __name__), name)
+    elif not name.startswith("_") and _importlib_util.find_spec(f"{__name__}.{name}"):
+        # `import transferkit; transferkit.backbones.list_backbones()` worked when this
+        # module imported its submodules eagerly; it still does.
+        value = _import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})

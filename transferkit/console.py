@@ -8,7 +8,9 @@ that one import: a one-shot import hook runs TensorFlow's module code with descr
 pointed at ``/dev/null``. Python exceptions still propagate (and print) once it is restored.
 
 A user who sets ``TF_CPP_MIN_LOG_LEVEL`` themselves has asked for TensorFlow's own output and
-gets it untouched; ``TF_CPP_MIN_LOG_LEVEL=0`` shows everything.
+gets it untouched; ``TF_CPP_MIN_LOG_LEVEL=0`` shows everything. The level transferkit sets
+itself is marked as its own, so that worker processes (joblib's, for ``GridSearchCV(n_jobs=2)``),
+which inherit it, stay quiet too instead of taking it for the user's.
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["install_quiet_tensorflow_import"]
+__all__ = ["install_quiet_tensorflow_import", "quiet_tensorflow_unless_asked"]
 
 _LOCK = threading.Lock()
+LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
+# Holds the level transferkit set; a process that inherits both knows the level is not the
+# user's. A user who changes the level afterwards makes the two differ.
+SET_BY_TRANSFERKIT = "TRANSFERKIT_SET_TF_CPP_MIN_LOG_LEVEL"
+# 3 also hides the "failed call to cuInit" error that CPU-only machines log at the first
+# model build; real failures still raise Python exceptions.
+QUIET_LEVEL = "3"
 
 
 @contextmanager
@@ -75,3 +84,12 @@ def install_quiet_tensorflow_import(user_set_log_level: bool) -> None:
     with _LOCK:
         if not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
             sys.meta_path.insert(0, _QuietTensorFlowFinder())
+
+
+def quiet_tensorflow_unless_asked() -> None:
+    """Keep TensorFlow's start-up lines out of the console, unless the user set the level."""
+    level = os.environ.get(LOG_LEVEL)
+    user_set_log_level = level is not None and level != os.environ.get(SET_BY_TRANSFERKIT)
+    install_quiet_tensorflow_import(user_set_log_level)
+    if level is None:
+        os.environ[LOG_LEVEL] = os.environ[SET_BY_TRANSFERKIT] = QUIET_LEVEL

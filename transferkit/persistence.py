@@ -54,6 +54,7 @@ import inspect
 import json
 import os
 import reprlib
+import sys
 import warnings
 from importlib import metadata
 from pathlib import Path, PurePath
@@ -131,10 +132,17 @@ def register_estimator(cls: type) -> type:
 
 
 def _estimator_classes() -> dict[str, type]:
-    # Importing transferkit imports both estimator modules, which register themselves.
     missing = set(ESTIMATORS) - set(_REGISTERED)
     if missing:
-        raise RuntimeError(f"{sorted(missing)} not registered: import transferkit first.")
+        # The estimator modules register themselves when imported, and the package imports
+        # each the first time its public name is asked for: asking for the names of
+        # ESTIMATORS imports exactly those modules, never one a file names.
+        package = sys.modules[__package__]
+        for name in sorted(missing):
+            getattr(package, name)
+    missing = set(ESTIMATORS) - set(_REGISTERED)
+    if missing:
+        raise RuntimeError(f"{sorted(missing)} did not register with transferkit.persistence.")
     return dict(_REGISTERED)
 
 
@@ -319,12 +327,6 @@ def load(path: str | os.PathLike, *, estimator_class: type | None = None,
 def _read_manifest(archive: ModelArchive) -> tuple[dict, bool]:
     """The parsed manifest, its digest checked where the file has one; and whether it has."""
     where = archive.where
-    if MANIFEST not in archive.names:
-        raise ModelFileError(
-            f"{where} is a zip file without {MANIFEST!r}: not a file written by "
-            f"transferkit.save (a Keras '.keras' file? load it with keras.saving.load_model; "
-            f"features from 'transferkit extract'? load them with numpy.load)."
-        )
     data = archive.read(MANIFEST, limit=MAX_MANIFEST_BYTES)
     sealed = MANIFEST_DIGEST in archive.names
     if sealed and archive.read(MANIFEST_DIGEST, limit=256) != digest_line(data):
