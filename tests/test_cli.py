@@ -17,6 +17,7 @@ import pytest
 import tomllib
 from PIL import Image
 
+from transferkit.backbone_table import KERAS_VERSION, describes_installed_keras
 from transferkit.openvino_runtime import openvino_available
 
 from .conftest import REPO
@@ -313,9 +314,13 @@ def _can_create_in(folder: Path) -> bool:
 @pytest.mark.parametrize(("content", "match"), [
     (b"just some notes\n", "is neither a .tkz model file nor a joblib pickle"),
     (b"", "is neither a .tkz model file nor a joblib pickle"),
-    ("npz", "is a zip file without 'manifest.json'"),
+    ("npz", "is a zip file without 'manifest.json': not a file written by 'transferkit train "
+            "-o MODEL'"),
+    ("extracted-npz", "is a zip file without 'manifest.json': not a file written by "
+                      "'transferkit train -o MODEL' (features written by 'transferkit "
+                      "extract' are zip files too"),
     ("truncated", "is not a transferkit model file, or it is truncated"),
-], ids=["text", "empty", "npz", "truncated-tkz"])
+], ids=["text", "empty", "npz", "extracted-npz", "truncated-tkz"])
 def test_predict_with_a_file_that_is_not_a_model_is_one_line_naming_it(
         content, match, image_folder, tmp_path, capsys):
     from transferkit import FineTunedClassifier
@@ -324,6 +329,9 @@ def test_predict_with_a_file_that_is_not_a_model_is_one_line_naming_it(
     if content == "npz":
         np.savez(model, features=np.zeros((2, 3)))
         model = model.with_suffix(".bin.npz")
+    elif content == "extracted-npz":  # compressed, as 'transferkit extract' writes them
+        model = tmp_path / "features.npz"
+        np.savez_compressed(model, features=np.zeros((2, 3)), paths=np.array(["a", "b"]))
     elif content == "truncated":
         saved = FineTunedClassifier("VGG16", weights=None).save(tmp_path / "whole.tkz")
         model.write_bytes(saved.read_bytes()[:100])
@@ -366,3 +374,214 @@ def test_train_without_finetune_to_a_tkz_file_says_what_to_do(image_folder, tmp_
     err = _cli_error(capsys, "train", image_folder, "-o", tmp_path / "model.tkz", *SMALL)
     assert "add --finetune, or save the default features + logistic regression pipeline " \
            f"with -o '{tmp_path / 'model.joblib'}'" in err
+
+
+# ------------------------------------------------------------------ answering at once
+# What a command imports, counted in a fresh interpreter: the help and the listings must not
+# pay for TensorFlow's or scikit-learn's start-up (seconds) before printing a line.
+IMPORTS_OF = """
+import contextlib, io, sys
+from transferkit.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        main(sys.argv[1:])
+    except SystemExit:
+        pass
+print(sorted(name for name in ("tensorflow", "keras", "sklearn") if name in sys.modules))
+"""
+
+
+def _heavy_imports(*argv: str) -> str:
+    result = subprocess.run([sys.executable, "-c", IMPORTS_OF, *argv], capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"],
+                                  *([command, "--help"] for command in
+                                    ("backbones", "cut-points", "extract", "train", "predict"))],
+                         ids=" ".join)
+def test_help_imports_neither_tensorflow_keras_nor_scikit_learn(argv):
+    assert _heavy_imports(*argv) == "[]"
+
+
+needs_recorded_keras = pytest.mark.skipif(
+    not describes_installed_keras(),
+    reason=f"transferkit.backbone_table records Keras {KERAS_VERSION}; with another Keras "
+           "the listings read keras.applications",
+)
+
+
+@needs_recorded_keras
+@pytest.mark.parametrize("argv", [["backbones"], ["cut-points", "MobileNetV2"],
+                                  ["cut-points", "nope"]], ids=" ".join)
+def test_listings_import_neither_tensorflow_keras_nor_scikit_learn(argv):
+    assert _heavy_imports(*argv) == "[]"
+
+
+@needs_recorded_keras
+def test_a_listing_whose_reader_went_away_ends_without_a_traceback():
+    # `transferkit backbones | head -1`, made deterministic: nobody reads at all.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    result = subprocess.run([sys.executable, "-m", "transferkit.cli", "backbones"],
+                            stdout=write_end, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+# ------------------------------------------------------------------ mistyped command lines
+def _usage_error(capsys, *argv: str) -> str:
+    """Run the command in-process; argparse must refuse it with status 2."""
+    from transferkit.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_an_abbreviated_option_is_refused_naming_the_whole_one(capsys):
+    err = _usage_error(capsys, "cut-points", "MobileNet", "--backbone-kwarg", '{"alpha": 1}')
+    assert err.startswith("usage: transferkit cut-points ")
+    assert "unrecognized option --backbone-kwarg. Did you mean --backbone-kwargs?" in err
+
+
+def test_a_misspelt_option_shows_the_commands_usage_and_the_closest_option(capsys):
+    # Named before argparse would complain that the required -o is missing.
+    err = _usage_error(capsys, "extract", "photos/", "--ouptut", "features.npz")
+    assert err.startswith("usage: transferkit extract ")
+    assert "unrecognized option --ouptut. Did you mean --output?" in err
+    assert "'transferkit extract --help' lists its options" in err
+
+
+def test_a_misspelt_command_is_refused_naming_the_closest_one(capsys):
+    err = _usage_error(capsys, "cutpoints", "VGG16")
+    assert "'cutpoints' is not a command. Did you mean cut-points?" in err
+    assert "Commands: backbones, cut-points, extract, train, predict." in err
+
+
+def test_no_parser_takes_abbreviations():
+    from transferkit.cli import _build_parser
+
+    parser, commands = _build_parser()
+    assert not parser.allow_abbrev
+    assert not any(command.allow_abbrev for command in commands.values())
+
+
+# ------------------------------------------------------------------ errors in the CLI's words
+def test_every_way_out_a_library_error_names_has_command_line_words():
+    from argparse import Namespace
+
+    from transferkit.advice import PYTHON
+    from transferkit.cli import _ways_out
+
+    assert set(_ways_out(Namespace())) == set(PYTHON)
+
+
+def test_unknown_backbone_points_at_the_backbones_command(capsys):
+    err = _cli_error(capsys, "cut-points", "ResNet5O")
+    assert "See 'transferkit backbones' for the" in err
+    assert "list_backbones" not in err
+
+
+def test_unknown_cut_points_at_the_cut_points_command_and_cut_by_index(image_folder, tmp_path,
+                                                                      capsys):
+    err = _cli_error(capsys, "extract", image_folder / "dark" / "dark_0.png",
+                     "-o", tmp_path / "f.npz", *SMALL, "--cut", "blok3")
+    assert "--cut 'blok3' is not a block or layer name" in err
+    assert "Closest: 'block3'" in err
+    assert "See 'transferkit cut-points VGG16' for the valid cut points, or pass a layer " \
+           "index as --cut N." in err
+
+
+def test_too_small_an_input_size_names_the_option(image_folder, tmp_path, capsys):
+    err = _cli_error(capsys, "extract", image_folder / "dark" / "dark_0.png",
+                     "-o", tmp_path / "f.npz", "--backbone", "VGG16", "--weights", "none",
+                     "--input-size", "16")
+    assert "--input-size 16 is too small for VGG16" in err
+    assert "Pass a larger --input-size (the default for VGG16 is 224)." in err
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ('{"weights": null}', "--backbone-kwargs may not contain 'weights': use --weights instead"),
+    ('{"input_shape": [64, 64, 3]}', "may not contain 'input_shape': use --input-size PIXELS"),
+    ('{"alhpa": 0.5}', "keras.applications.MobileNet does not accept ['alhpa'] in "
+                       "--backbone-kwargs"),
+], ids=["reserved", "input-shape", "unknown"])
+def test_backbone_kwargs_errors_name_the_options(kwargs, message, capsys):
+    err = _cli_error(capsys, "cut-points", "MobileNet", "--backbone-kwargs", kwargs)
+    assert message in err
+
+
+def test_missing_imagenet_weights_offline_suggest_weights_options(image_folder, tmp_path):
+    # An empty Keras cache and an unreachable proxy: exactly an offline user's machine.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KERAS_HOME": str(tmp_path),
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    result = subprocess.run(
+        [sys.executable, "-m", "transferkit.cli", "extract",
+         str(image_folder / "dark" / "dark_0.png"), "-o", str(tmp_path / "f.npz"),
+         "--backbone", "MobileNet",
+         "--backbone-kwargs", '{"alpha": 0.5}', "--quiet"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines()
+               if line.startswith("transferkit extract: error:")]
+    assert "error: Could not download the ImageNet weights of MobileNet" in line
+    assert "pass --weights PATH, or use --weights none for random initialisation" in line
+    assert "weights=" not in line
+
+
+# ------------------------------------------------------------------ files left out of a folder
+@pytest.fixture(scope="module")
+def untidy_folder(tmp_path_factory):
+    """FOLDER/<class>/: PNGs, with a text file, a GIF placeholder and a fake JPEG among them."""
+    root = tmp_path_factory.mktemp("untidy")
+    rng = np.random.default_rng(1)
+    for label, low in (("dark", 0), ("bright", 160)):
+        (root / label).mkdir()
+        for i in range(10):
+            pixels = rng.integers(low, low + 96, size=(36, 36, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{label}_{i}.png")
+    (root / "dark" / "notes.txt").write_text("not an image")
+    Image.new("RGB", (36, 36), "white").save(root / "dark" / "placeholder.gif")
+    (root / "bright" / "broken.jpg").write_text("not a JPEG either")
+    return root
+
+
+def test_train_reports_the_files_it_skipped_and_the_odd_ones_it_used(untidy_folder, tmp_path,
+                                                                     capsys):
+    from transferkit.cli import main
+
+    assert main(["train", str(untidy_folder), "-o", str(tmp_path / "m.joblib"), "--quiet",
+                 *SMALL]) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"transferkit train: in '{untidy_folder}': skipped 2 files (")
+    assert "1 not readable as an image: 'bright/broken.jpg'" in line
+    assert "1 not an image by its suffix (.jpg, " in line and "'dark/notes.txt'" in line
+    assert "used 1 image of a format rare in its folder, check that it belongs: " \
+           "'dark/placeholder.gif' (GIF among PNG)" in line
+
+
+def test_a_class_folder_without_readable_images_is_named(tmp_path, capsys):
+    from transferkit.cli import main
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / label / "x.png")
+    (tmp_path / "b" / "x.png").write_bytes(b"no longer a PNG")
+    assert main(["train", str(tmp_path), "-o", str(tmp_path / "m.joblib"), *SMALL]) == 1
+    skipped, error = capsys.readouterr().err.splitlines()
+    assert "skipped 1 file (1 not readable as an image: 'b/x.png')" in skipped
+    assert f"class folder '{tmp_path / 'b'}' holds no image files Pillow can read" in error
+
+
+def test_extract_names_the_files_of_a_folder_it_skipped(image_folder, tmp_path, capsys):
+    from transferkit.cli import main
+
+    assert main(["extract", str(image_folder / "dark"), "-o", str(tmp_path / "f.npz"),
+                 "--quiet", *SMALL]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 file (1 not an image by its suffix" in err and "'notes.txt'" in err

@@ -2,8 +2,13 @@
 
 Run ``transferkit --help`` or ``transferkit COMMAND --help``. Errors in what the user passed
 (a missing file, an unknown backbone, an undecodable image) print one line naming the
-offending value and exit with status 1; malformed command lines exit with status 2, as
-argparse does. Anything else is a bug and shows its traceback.
+offending value and exit with status 1, the way out in the command line's words
+(:func:`_ways_out`, see :mod:`transferkit.advice`); malformed command lines exit with status
+2, as argparse does, with a "did you mean" for a mistyped option or command. Anything else
+is a bug and shows its traceback.
+
+Parsing the command line, the help and the listings (``backbones``, ``cut-points``) import
+neither TensorFlow nor scikit-learn: each command imports what it uses when it runs.
 """
 
 # Authors: The transferkit developers
@@ -12,12 +17,15 @@ argparse does. Anything else is a bug and shows its traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .advice import is_advised, worded
 
 __all__ = ["main"]
 
@@ -29,6 +37,79 @@ MODEL_FILE_SUFFIX = ".tkz"  # transferkit.save's format; any other -o of train i
 
 class UsageError(Exception):
     """A value on the command line the library would reject; reported without a traceback."""
+
+
+def _ways_out(args: argparse.Namespace) -> dict[str, str]:
+    """The ways out library errors name (:data:`transferkit.advice.PYTHON`), as this command
+    takes them. A value may use the error's own values, such as ``{cut!r}``."""
+    backbone = (getattr(args, "backbone", None) or "NAME").replace("{", "{{").replace("}", "}}")
+    return {
+        "list_backbones": "'transferkit backbones'",
+        "list_cut_points": f"'transferkit cut-points {backbone}'",
+        "cut_by_index": "a layer index as --cut N",
+        "cut_given": "--cut {cut!r}",
+        "weights_given": "--weights {weights!r}",
+        "choose_weights": "use --weights",
+        "random_weights": "--weights none",
+        "weights_file": "--weights PATH",
+        "input_size_given": "--input-size {input_size[0]}",
+        "input_size_option": "--input-size",
+        "choose_input_size": "use --input-size PIXELS",
+        "backbone_kwargs_option": "--backbone-kwargs",
+        "model_writer": "'transferkit train -o MODEL'",
+        "model_file_formats": "Pass a model written by 'transferkit train -o MODEL'.",
+        "other_zip_files": "features written by 'transferkit extract' are zip files too, but "
+                           "hold no model",
+    }
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that takes option names only in full (``allow_abbrev=False``).
+
+    An abbreviation that argparse would take today becomes ambiguous the day an option with
+    the same beginning is added; a script relying on it would then break, or silently mean
+    something else.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def option_names(self) -> list[str]:
+        return [name for action in self._actions for name in action.option_strings]
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """' Did you mean X?' for the choice ``word`` abbreviates or misspells, if there is one."""
+    starting = [choice for choice in choices if choice.startswith(word)]
+    if len(starting) == 1:
+        return f" Did you mean {starting[0]}? Names are not abbreviated."
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" Did you mean {close[0]}?" if close else ""
+
+
+def _refuse_unknown_names(argv: Sequence[str], parser: _Parser,
+                          commands: dict[str, _Parser]) -> None:
+    """Exit with a "did you mean" for a mistyped command or ``--option``, before argparse.
+
+    argparse reports an unknown option only after the whole line, under the main usage, and
+    a missing required option first; the mistyped name is what the user needs to hear.
+    """
+    command = next((word for word in argv if not word.startswith("-")), None)
+    if command is None:
+        return
+    if command not in commands:
+        parser.error(f"{command!r} is not a command.{_did_you_mean(command, list(commands))}"
+                     f" Commands: {', '.join(commands)}.")
+    subparser = commands[command]
+    known = subparser.option_names()
+    rest = list(argv)[list(argv).index(command) + 1:]
+    for word in rest[:rest.index("--")] if "--" in rest else rest:
+        name = word.split("=", 1)[0]
+        if name.startswith("--") and name not in known:
+            long_names = [option for option in known if option.startswith("--")]
+            subparser.error(f"unrecognized option {name}.{_did_you_mean(name, long_names)} "
+                            f"'{subparser.prog} --help' lists its options.")
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -100,8 +181,8 @@ def _add_backbone_options(parser: argparse.ArgumentParser, default: str) -> None
                         help="ImageNet weights (Keras cache in $KERAS_HOME/models), random "
                              "weights, or a weights file (default imagenet)")
     parser.add_argument("--cut", type=_cut, default=None,
-                        help="cut point: a block name (see 'transferkit cut-points'), a layer "
-                             "name or an index; default: the last convolutional output")
+                        help="cut point: a block name (see 'transferkit cut-points NAME'), a "
+                             "layer name or an index; default: the last convolutional output")
     parser.add_argument("--input-size", type=_positive_int, default=None, metavar="PIXELS",
                         help="side of the image the network sees (default: the backbone's "
                              "own)")
@@ -118,16 +199,18 @@ def _add_backbone_options(parser: argparse.ArgumentParser, default: str) -> None
                              "\"transferkit[openvino]\"; faster on CPUs without oneDNN)")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
+    """The main parser, and each command's parser by name."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="transferkit",
         description="Transfer learning on images with Keras Applications backbones and "
                     "scikit-learn.",
     )
     parser.add_argument("--version", action="version", version=f"transferkit {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=_Parser)
 
     commands.add_parser("backbones", help="table of backbones, input sizes, feature widths",
                         description="List the backbones of the installed keras.applications.")
@@ -191,23 +274,117 @@ def _build_parser() -> argparse.ArgumentParser:
                               "transferkit.save (.tkz)")
     predict.add_argument("images", nargs="+", metavar="IMAGES",
                          help="image files and/or folders of images")
-    return parser
+    return parser, dict(commands.choices)
 
 
 # ---------------------------------------------------------------------------- helpers
-def _image_files(arguments: Sequence[str]) -> list[str]:
+# How many of the files left out for one reason a summary names.
+_NAMED_PER_REASON = 3
+# A format this small a share of a class folder's images is pointed out (hymenoptera's
+# train/ants holds one GIF, a "this image could not be found" placeholder, among its JPEGs).
+_ODD_FORMAT_SHARE = 0.1
+
+
+class _LeftOut:
+    """Files of a folder that a command did not take as they were, and why: one line."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.skipped: dict[str, list[Path]] = {}
+        self.odd: list[tuple[Path, str]] = []
+
+    def skip(self, path: Path, reason: str) -> None:
+        self.skipped.setdefault(reason, []).append(path)
+
+    def _names(self, paths: Sequence[Path], notes: Sequence[str] | None = None) -> str:
+        shown = [repr(str(p.relative_to(self.folder))) + (f" ({n})" if notes else "")
+                 for p, n in zip(paths, notes or [""] * len(paths), strict=True)]
+        more = len(paths) - _NAMED_PER_REASON
+        return ", ".join(shown[:_NAMED_PER_REASON]) + (f" and {more} more" if more > 0 else "")
+
+    def summary(self, command: str) -> str | None:
+        """The line to print, or None when every file was taken as it was."""
+        parts = []
+        n_skipped = sum(len(paths) for paths in self.skipped.values())
+        if n_skipped:
+            reasons = "; ".join(f"{len(paths)} {reason}: {self._names(paths)}"
+                                for reason, paths in self.skipped.items())
+            parts.append(f"skipped {n_skipped} file{'s' * (n_skipped != 1)} ({reasons})")
+        if self.odd:
+            paths, notes = zip(*self.odd, strict=True)
+            one = len(self.odd) == 1
+            parts.append(f"used {len(self.odd)} image{'' if one else 's'} of a format rare in "
+                         f"{'its' if one else 'their'} folder, check that "
+                         f"{'it belongs' if one else 'they belong'}: "
+                         f"{self._names(paths, notes)}")
+        if not parts:
+            return None
+        return f"transferkit {command}: in {str(self.folder)!r}: {'; '.join(parts)}."
+
+
+_NOT_AN_IMAGE = f"not an image by its suffix ({', '.join(IMAGE_SUFFIXES)})"
+
+
+def _folder_images(folder: Path, left_out: _LeftOut) -> list[Path]:
+    """A folder's image files, recursively and sorted; the other files go to ``left_out``."""
+    images = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(path)
+        else:
+            left_out.skip(path, _NOT_AN_IMAGE)
+    return images
+
+
+def _readable_images(paths: list[Path], left_out: _LeftOut) -> list[Path]:
+    """The files Pillow recognises as images, from their headers; the others go to
+    ``left_out``. Formats rare among them are noted: a file can be an image and still no
+    photograph of its class."""
+    from collections import Counter
+
+    from PIL import Image
+
+    readable, formats = [], {}
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                formats[path] = image.format or "unknown"
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            left_out.skip(path, "not readable as an image")
+            continue
+        readable.append(path)
+    counts = Counter(formats.values())
+    if len(counts) > 1:
+        usual = counts.most_common(1)[0][0]
+        left_out.odd.extend(
+            (path, f"{fmt} among {usual}") for path, fmt in formats.items()
+            if counts[fmt] <= _ODD_FORMAT_SHARE * len(formats)
+        )
+    return readable
+
+
+def _report(left_out: _LeftOut, command: str) -> None:
+    line = left_out.summary(command)
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _image_files(arguments: Sequence[str], command: str) -> list[str]:
     """Files as given, folders expanded to their image files (recursively, sorted)."""
     files: list[str] = []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            left_out = _LeftOut(path)
+            found = _folder_images(path, left_out)
             if not found:
                 raise UsageError(
                     f"folder {argument!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})."
                 )
-            files.extend(found)
+            _report(left_out, command)
+            files.extend(map(str, found))
         elif path.is_file():
             files.append(str(path))
         elif os.path.lexists(path):
@@ -218,8 +395,12 @@ def _image_files(arguments: Sequence[str]) -> list[str]:
     return files
 
 
-def _labelled_folder(folder: str) -> tuple[list[str], list[str]]:
-    """Image paths and labels of FOLDER/<label>/<images>."""
+def _labelled_folder(folder: str, command: str) -> tuple[list[str], list[str]]:
+    """Image paths and labels of FOLDER/<label>/<images>.
+
+    Files that are no images (by suffix, or to Pillow) are left out and reported in one
+    line, as are images of a format rare in their class folder (taken all the same).
+    """
     root = Path(folder)
     if not root.is_dir():
         raise UsageError(f"{folder!r} is not a folder; expected FOLDER/<class>/<image files>.")
@@ -231,16 +412,18 @@ def _labelled_folder(folder: str) -> tuple[list[str], list[str]]:
         )
     paths: list[str] = []
     labels: list[str] = []
+    left_out = _LeftOut(root)
     for class_dir in classes:
-        files = sorted(str(p) for p in class_dir.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = _readable_images(_folder_images(class_dir, left_out), left_out)
         if not files:
+            _report(left_out, command)
             raise UsageError(
-                f"class folder {str(class_dir)!r} holds no image files "
-                f"({', '.join(IMAGE_SUFFIXES)})."
+                f"class folder {str(class_dir)!r} holds no image files Pillow can read "
+                f"({', '.join(IMAGE_SUFFIXES)}); put that class's images in it."
             )
-        paths.extend(files)
+        paths.extend(map(str, files))
         labels.extend([class_dir.name] * len(files))
+    _report(left_out, command)
     return paths, labels
 
 
@@ -363,7 +546,7 @@ def _cmd_extract(args: argparse.Namespace) -> None:
                 "writing .parquet needs pandas and pyarrow: pip install "
                 "'transferkit[parquet]', or write .npz instead."
             ) from None
-    paths = _image_files(args.images)
+    paths = _image_files(args.images, args.command)
     extractor = KerasFeatureExtractor(
         args.backbone, pooling=None if args.pooling == "none" else args.pooling,
         verbose=0 if args.quiet else 1, **_extractor_kwargs(args),
@@ -394,9 +577,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
             f"add --finetune, or save the default features + logistic regression pipeline "
             f"with -o {str(output.with_suffix('.joblib'))!r}."
         )
-    paths, labels = _labelled_folder(args.folder)
+    paths, labels = _labelled_folder(args.folder, args.command)
     if args.val is not None:
-        val_paths, val_labels = _labelled_folder(args.val)
+        val_paths, val_labels = _labelled_folder(args.val, args.command)
         train_paths, train_labels = paths, labels
     else:
         if not 0 < args.validation_fraction < 1:
@@ -420,16 +603,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
         )
 
     if args.finetune:
-        if not args.quiet:
-            print("fine-tuning: the val_loss and val_accuracy of each epoch are measured on "
-                  "10% of the training images, held out to check that fine-tuning helps "
-                  "(not on --val); the final network is trained on all of them.", flush=True)
         model: Any = FineTunedClassifier(
             args.backbone, weights=args.weights, backbone_kwargs=args.backbone_kwargs,
             cut=args.cut, input_size=args.input_size, batch_size=args.batch_size or 32,
             epochs=args.epochs, verbose=0 if args.quiet else 1, random_state=args.random_state,
             runtime=args.runtime, **_crop_kwargs(args),
         )
+        if not args.quiet:
+            scored = "--val" if args.val is not None else "the images --validation-fraction " \
+                                                        "holds out"
+            print(f"fine-tuning: the val_loss and val_accuracy of each epoch are measured on "
+                  f"{model.validation_fraction:.0%} of the training images, held out to "
+                  f"check that fine-tuning helps (not on {scored}); the final network is "
+                  f"trained on all of them.", flush=True)
     else:
         extractor_kwargs = {**_extractor_kwargs(args), "random_state": args.random_state}
         model = Pipeline([
@@ -493,7 +679,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
             f"{args.model!r} holds a {type(model).__name__}, not a classifier with "
             "predict_proba; save one with 'transferkit train'."
         )
-    paths = _image_files(args.images)
+    paths = _image_files(args.images, args.command)
     probabilities = model.predict_proba(paths)
     best = np.argmax(probabilities, axis=1)
     for path, k, row in zip(paths, best, probabilities, strict=True):
@@ -534,18 +720,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     block5
     0
     """
-    from .backbones import WeightsUnavailableError
-
-    args = _build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, commands = _build_parser()
+    _refuse_unknown_names(argv, parser, commands)
+    args = parser.parse_args(argv)
     try:
         _COMMANDS[args.command](args)
-    except (UsageError, ValueError, FileNotFoundError, WeightsUnavailableError) as exc:
-        # Library errors already name the offending value and the way out: show just that.
-        print(f"transferkit {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`transferkit backbones | head`): stop, as other commands do,
+        # and keep the interpreter's final flush from failing again on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # what a shell reports for a process ended by SIGPIPE
+    except Exception as exc:
+        from .backbones import WeightsUnavailableError
+
+        user_errors = (UsageError, ValueError, FileNotFoundError, WeightsUnavailableError)
+        if not (isinstance(exc, user_errors) or is_advised(exc)):
+            raise
+        # Library errors already name the offending value and the way out: show just that,
+        # the way out as this command takes it.
+        print(f"transferkit {args.command}: error: {worded(exc, _ways_out(args))}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
