@@ -82,6 +82,20 @@ def test_cache_keys_reports_content_and_stat_keys_against_decoding():
         assert positive(report[key]), key
 
 
+def test_cli_startup_times_each_command_and_counts_what_it_imports():
+    report = run_benchmark("cli_startup.py")
+    assert set(report["commands"]) == {"--help", "train --help", "backbones",
+                                       "cut-points ResNet50"}
+    from transferkit.backbone_table import describes_installed_keras
+
+    for name, numbers in report["commands"].items():
+        assert positive(numbers["seconds"]) and numbers["modules"] > 0
+        if "--help" in name or describes_installed_keras():  # else listings read Keras
+            assert not (numbers["imports_tensorflow"] or numbers["imports_keras"]), name
+    assert set(report["targets_met"]) == set(report["commands"])
+    assert positive(report["python_startup_seconds"])
+
+
 def test_transfer_suite_runs_the_four_methods_on_a_folder_of_classes(tmp_path):
     from PIL import Image
 
