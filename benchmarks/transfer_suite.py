@@ -224,6 +224,8 @@ def fine_tuned(train, test, config: dict, seed: int) -> dict:
         "head_rows_per_image": history["head"].get("views"),
         "head_cv_log_loss": history["head"].get("cv_log_loss"),
         "cached": clf.cached_,
+        # The framing predict sees: crop_fraction="auto" chooses it by cross-validation.
+        "crop_fraction": clf.crop_fraction_,
         "n_trainable_weights": clf.n_trainable_weights_,
         "freeze_layer": clf.freeze_layer_,
     }

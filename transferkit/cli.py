@@ -188,8 +188,9 @@ def _add_backbone_options(parser: argparse.ArgumentParser, default: str) -> None
                              "own)")
     parser.add_argument("--crop-fraction", type=_crop_fraction, default=None, metavar="F",
                         help="the network sees the central F of each image, resized to "
-                             "input-size / F first (default 1.0 for features, 0.875 with "
-                             "--finetune)")
+                             "input-size / F first (default: 1.0 for features; with "
+                             "--finetune, 0.875 or 1.0, whichever cross-validation on the "
+                             "training images prefers)")
     parser.add_argument("--batch-size", type=_positive_int, default=None,
                         help="images per forward pass (default: 8 on a CPU and 32 on a GPU "
                              "for features, 32 for fine-tuning)")
