@@ -2,20 +2,28 @@
 Visualising what the network sees
 =================================
 
-Three pictures from :mod:`transferkit.viz`, each a PIL image saved as PNG:
+Three pictures from :mod:`transferkit.viz`, each saved as PNG:
 
-* the activation maps of a layer for one image, strongest channels first: an early block
-  responds to edges and colours, the last one (the features a classifier sees) to parts of
-  objects;
+* the input image beside the activation maps of three layers of MobileNet, from an early
+  block (edges and colours) to the last one before pooling (parts of objects, the maps
+  whose averages are the features a classifier sees), the most active channels of each;
 * with ``--folder``, a :class:`~transferkit.FineTunedClassifier` is trained on it, and Grad-CAM
-  shows which regions of an image drove its prediction;
+  shows which regions of an image drove its prediction, with the predicted class and its
+  probability in the caption;
 * the training curves of that classifier.
 
 The default image is the flower photograph bundled with scikit-learn, so the first part runs
-offline.
+offline. To write the activation maps into ``pictures/``:
 
-    python examples/plot_activations.py --out-dir pictures
-    python examples/plot_activations.py --folder hymenoptera_data/train --out-dir pictures
+.. code-block:: bash
+
+   python examples/plot_activations.py --out-dir pictures
+
+To also fine-tune on a folder of classes and explain a prediction with Grad-CAM:
+
+.. code-block:: bash
+
+   python examples/plot_activations.py --folder hymenoptera_data/train --out-dir pictures
 """
 
 from __future__ import annotations
@@ -60,13 +68,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     image = args.image if args.image is not None else load_sample_image("flower.jpg")
     extractor = make_extractor(args.input_size)
-    for layer in ("conv_pw_3", None):  # an early block, and the last one before pooling
-        picture = plot_activation_maps(extractor, image, layer=layer, n_channels=16)
-        name = f"activations_{layer or 'last'}.png"
-        picture.save(args.out_dir / name)
-        written.append(args.out_dir / name)
-        print(f"{name}: 16 strongest channels of {layer or extractor.cut_layer_}, "
-              f"{picture.size[0]}x{picture.size[1]} px")
+    # Layers default to three stage ends, input side first; channels to the most active.
+    maps = plot_activation_maps(extractor, image, n_channels=6)
+    maps.save(args.out_dir / "activations.png")
+    written.append(args.out_dir / "activations.png")
+    print(f"activations.png: the {maps.rule} channels of {', '.join(maps.layers)}")
 
     if args.folder is not None:
         paths, labels = [], []
@@ -78,11 +84,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
                                   input_size=args.input_size, epochs=args.epochs)
         clf.fit(paths, labels)
         explained = paths[-1]
-        overlay = plot_grad_cam(clf, explained)
-        overlay.save(args.out_dir / "grad_cam.png")
+        cam = plot_grad_cam(clf, explained)
+        cam.save(args.out_dir / "grad_cam.png")
         plot_history(clf).save(args.out_dir / "training_curves.png")
         written += [args.out_dir / "grad_cam.png", args.out_dir / "training_curves.png"]
-        print(f"grad_cam.png: evidence for {clf.predict([explained])[0]!r} in {explained}")
+        print(f"grad_cam.png: {Path(explained).name}, {cam.caption}")
         print("training_curves.png: loss and accuracy per epoch, head then fine-tuning")
     return written
 

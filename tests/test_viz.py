@@ -1,12 +1,25 @@
-"""transferkit.viz: activation maps, Grad-CAM and training curves as PIL images."""
+"""transferkit.viz: activation maps and Grad-CAM as matplotlib Displays, training curves as
+PIL images."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from .conftest import HYMENOPTERA, image_paths, needs_hymenoptera, needs_shared_weights
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    import matplotlib.pyplot as plt
+
+    yield
+    plt.close("all")
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +42,173 @@ def vgg_classifier(rng_images):
     ).fit(rng_images, labels)
 
 
-def test_activation_grid_has_the_documented_size(vgg_extractor, rng_images):
+def _maps_display(maps, *, ranges=None, name="bee.jpg"):
+    """An ActivationMapsDisplay of given maps for one layer, drawn without a network."""
+    from transferkit.viz import ActivationMapsDisplay
+
+    maps = np.asarray(maps, dtype=np.float32)
+    if ranges is None:
+        ranges = np.array([[m.min(), m.max()] for m in maps])
+    display = ActivationMapsDisplay(
+        np.zeros(maps.shape[1:] + (3,), np.uint8), ["block1_conv2"],
+        [np.arange(len(maps))], [maps], [ranges], [maps.shape[1:] + (len(maps),)],
+        "most active", name)
+    return display.plot()
+
+
+def _cam_display(probabilities=(0.2, 0.8), target=1, crop_box=(0, 0, 8, 8)):
+    from transferkit.viz import GradCAMDisplay
+
+    heat = np.zeros((8, 8), np.float32)
+    heat[2:5, 3:6] = 1.0
+    display = GradCAMDisplay(np.full((8, 8, 3), 200, np.uint8), heat, crop_box,
+                             ["ants", "bees"], np.array(probabilities), target, "bee.jpg")
+    return display.plot(alpha=0.6)
+
+
+def _texts(figure):
+    return [t.get_text() for t in figure.findobj(lambda a: hasattr(a, "get_text"))]
+
+
+def test_importing_viz_imports_neither_matplotlib_nor_keras():
+    import subprocess
+    import sys
+
+    script = ("import sys, transferkit.viz\n"
+              "print([m for m in ('matplotlib', 'keras') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------- activation maps
+def test_activation_picture_has_a_row_per_layer_and_a_panel_per_channel(vgg_extractor,
+                                                                         rng_images):
+    from transferkit.viz import ActivationMapsDisplay, plot_activation_maps
+
+    display = plot_activation_maps(vgg_extractor, rng_images[0], layers=["block2", "block3"],
+                                   n_channels=3)
+    assert isinstance(display, ActivationMapsDisplay)
+    assert display.axes_.shape == (2, 3)
+    assert display.layers == ["block2_pool", "block3_pool"]
+
+
+def test_the_input_image_is_shown_as_the_network_sees_it(vgg_extractor, rng_images):
     from transferkit.viz import plot_activation_maps
 
-    picture = plot_activation_maps(vgg_extractor, rng_images[0], layer="block3", n_channels=6,
-                                   tile_size=20, padding=2)
-    # 6 tiles -> a 3 x 2 grid; 20 px tiles with 2 px between and around them.
-    assert isinstance(picture, Image.Image)
-    assert picture.mode == "RGB"
-    assert picture.size == (3 * 20 + 4 * 2, 2 * 20 + 3 * 2)
+    display = plot_activation_maps(vgg_extractor, rng_images[0], layers="block2", n_channels=1)
+    assert display.image.shape == (32, 32, 3)
+    shown = display.image_ax_.images[0].get_array()
+    np.testing.assert_array_equal(np.asarray(shown), display.image)
+
+
+def test_default_layers_run_from_an_early_stage_to_the_cut(vgg_extractor, rng_images):
+    from transferkit.viz import plot_activation_maps
+
+    display = plot_activation_maps(vgg_extractor, rng_images[0], n_channels=1)
+    sides = [shape[0] for shape in display.shapes]
+    assert len(display.layers) == 3
+    assert display.layers[-1] == vgg_extractor.cut_layer_
+    assert sides == sorted(sides, reverse=True) and len(set(sides)) == 3
+
+
+def test_maps_are_upsampled_to_the_image_size_within_their_activation_range(vgg_extractor,
+                                                                           rng_images):
+    from transferkit.viz import plot_activation_maps
+
+    display = plot_activation_maps(vgg_extractor, rng_images[0], layers="block3", n_channels=4)
+    maps, ranges = display.maps[0], display.ranges[0]
+    assert maps.shape == (4, 32, 32)
+    assert np.all(maps.min(axis=(1, 2)) >= ranges[:, 0] - 1e-5)
+    assert np.all(maps.max(axis=(1, 2)) <= ranges[:, 1] + 1e-5)
+
+
+def test_default_rule_shows_the_most_active_channels_first(vgg_extractor, rng_images):
+    from transferkit.viz import activation_maps, plot_activation_maps
+
+    raw = activation_maps(vgg_extractor, rng_images[2], layer="block2")
+    display = plot_activation_maps(vgg_extractor, rng_images[2], layers="block2", n_channels=3)
+    expected = np.argsort(-raw.mean(axis=(0, 1)), kind="stable")[:3]
+    np.testing.assert_array_equal(display.channels[0], expected)
+
+
+def test_most_varied_rule_ranks_channels_by_their_spread(vgg_extractor, rng_images):
+    from transferkit.viz import activation_maps, plot_activation_maps
+
+    raw = activation_maps(vgg_extractor, rng_images[2], layer="block2")
+    display = plot_activation_maps(vgg_extractor, rng_images[2], layers="block2", n_channels=2,
+                                   channels="most_varied")
+    assert display.channels[0][0] == int(np.argmax(raw.std(axis=(0, 1))))
+    assert "most varied" in display.figure_.get_suptitle()
+
+
+def test_channels_can_be_chosen_by_index(vgg_extractor, rng_images):
+    from transferkit.viz import plot_activation_maps
+
+    display = plot_activation_maps(vgg_extractor, rng_images[0], layers="block2",
+                                   channels=[5, 0])
+    np.testing.assert_array_equal(display.channels[0], [5, 0])
+
+
+def test_a_channel_the_layer_lacks_is_named_with_the_layer_s_range(vgg_extractor, rng_images):
+    from transferkit.viz import plot_activation_maps
+
+    with pytest.raises(ValueError, match=r"'block1_pool' has channels 0 to 63.*\[64\]"):
+        plot_activation_maps(vgg_extractor, rng_images[0], layers="block1", channels=[1, 64])
+
+
+def test_each_panel_is_labelled_with_its_layer_channel_and_activation_range():
+    maps = np.stack([np.linspace(0, 2, 16).reshape(4, 4), np.linspace(1, 3, 16).reshape(4, 4)])
+    display = _maps_display(maps)
+    first, second = display.axes_[0]
+    assert "block1_conv2" in first.get_ylabel() and "4x4x2" in first.get_ylabel()
+    assert (first.get_title(), second.get_title()) == ("channel 0", "channel 1")
+    assert (first.get_xlabel(), second.get_xlabel()) == ("0 to 2", "1 to 3")
+
+
+def test_the_title_names_the_image_and_the_channel_rule():
+    display = _maps_display(np.ones((1, 4, 4)))
+    title = display.figure_.get_suptitle()
+    assert "bee.jpg" in title and "most active" in title
+
+
+def test_a_few_extreme_values_do_not_set_the_colour_scale():
+    values = np.tile(np.linspace(0, 1, 20), (20, 1))
+    values[0, 0] = 100.0  # one hot pixel
+    display = _maps_display(values[None])
+    norm = display.axes_[0, 0].images[0].norm
+    assert norm.vmax < 1.5
+    assert display.axes_[0, 0].get_xlabel() == "0 to 100"
+
+
+def test_activation_maps_draw_into_the_area_of_a_given_axes(vgg_extractor, rng_images):
+    import matplotlib.pyplot as plt
+
+    from transferkit.viz import plot_activation_maps
+
+    figure, (left, right) = plt.subplots(1, 2)
+    display = plot_activation_maps(vgg_extractor, rng_images[0], layers="block2",
+                                   n_channels=2, ax=right)
+    assert display.figure_ is figure
+    assert left in figure.axes and right not in figure.axes
+    assert len(figure.axes) == 1 + 1 + 2  # left, the image, two maps
+
+
+def test_layer_keyword_of_earlier_versions_still_selects_one_layer(vgg_extractor, rng_images):
+    from transferkit.viz import plot_activation_maps
+
+    display = plot_activation_maps(vgg_extractor, rng_images[0], layer="block2", n_channels=1)
+    assert display.layers == ["block2_pool"]
+    with pytest.raises(ValueError, match="pass layers alone"):
+        plot_activation_maps(vgg_extractor, rng_images[0], layer="block2", layers="block3")
+
+
+def test_display_saves_a_png(vgg_extractor, rng_images, tmp_path):
+    from transferkit.viz import plot_activation_maps
+
+    plot_activation_maps(vgg_extractor, rng_images[0], layers="block2",
+                         n_channels=2).save(tmp_path / "maps.png")
+    with Image.open(tmp_path / "maps.png") as picture:
+        assert picture.format == "PNG" and picture.size[0] > 300
 
 
 def test_default_layer_is_the_one_pooled_into_the_features(vgg_extractor, rng_images):
@@ -61,36 +232,6 @@ def test_activation_maps_see_the_central_crop_transform_sees(rng_images):
                                rtol=1e-4, atol=1e-6)
 
 
-def test_activation_maps_differ_between_layers(vgg_extractor, rng_images):
-    from transferkit.viz import plot_activation_maps
-
-    settings = {"n_channels": 4, "tile_size": 16}
-    block2 = plot_activation_maps(vgg_extractor, rng_images[0], layer="block2", **settings)
-    block3 = plot_activation_maps(vgg_extractor, rng_images[0], layer="block3", **settings)
-    assert block2.size == block3.size
-    assert np.abs(np.asarray(block2, float) - np.asarray(block3, float)).mean() > 5
-
-
-def test_activation_maps_differ_between_images(vgg_extractor, rng_images):
-    from transferkit.viz import plot_activation_maps
-
-    first = plot_activation_maps(vgg_extractor, rng_images[0], layer="block2", n_channels=4)
-    second = plot_activation_maps(vgg_extractor, rng_images[1], layer="block2", n_channels=4)
-    assert np.abs(np.asarray(first, float) - np.asarray(second, float)).mean() > 5
-
-
-def test_most_active_channel_fills_the_first_tile(vgg_extractor, rng_images):
-    from transferkit.viz import activation_maps, plot_activation_maps
-
-    maps = activation_maps(vgg_extractor, rng_images[2], layer="block2")
-    strongest = maps[..., int(np.argmax(maps.mean(axis=(0, 1))))]
-    picture = plot_activation_maps(vgg_extractor, rng_images[2], layer="block2", n_channels=1,
-                                   tile_size=maps.shape[0], padding=0, colormap="gray")
-    # With a gray colormap and one pixel per activation the tile is the channel, rescaled.
-    expected = (strongest - strongest.min()) / (strongest.max() - strongest.min()) * 255
-    np.testing.assert_allclose(np.asarray(picture)[..., 0], expected, atol=1)
-
-
 def test_layer_beyond_the_cut_is_rejected_by_name(rng_images):
     from transferkit import KerasFeatureExtractor
     from transferkit.viz import activation_maps
@@ -100,11 +241,33 @@ def test_layer_beyond_the_cut_is_rejected_by_name(rng_images):
         activation_maps(extractor, rng_images[0], layer="block4_conv1")
 
 
-def test_unknown_colormap_lists_the_built_in_ones(vgg_extractor, rng_images):
-    from transferkit.viz import plot_activation_maps
-
+def test_unknown_colormap_is_named_with_examples_of_real_ones():
     with pytest.raises(ValueError, match="no-such-map.*viridis"):
-        plot_activation_maps(vgg_extractor, rng_images[0], colormap="no-such-map")
+        _maps_display(np.ones((1, 4, 4))).plot(colormap="no-such-map")
+
+
+# ---------------------------------------------------------------------------- Grad-CAM
+def test_crop_box_is_the_central_crop_fraction_of_each_side():
+    from transferkit.viz import crop_box
+
+    classifier = SimpleNamespace(crop_fraction_=0.875, input_size_=(224, 224),
+                                 source_size_=(256, 256))
+    assert crop_box(classifier, (100, 200)) == (6, 12, 88, 175)
+
+
+def test_crop_box_of_the_whole_image_framing_is_the_whole_image():
+    from transferkit.viz import crop_box
+
+    classifier = SimpleNamespace(crop_fraction_=1.0, input_size_=(224, 224),
+                                 source_size_=(256, 256))
+    assert crop_box(classifier, (100, 200)) == (0, 0, 100, 200)
+
+
+def test_crop_box_of_a_classifier_without_crop_fraction_uses_its_sizes():
+    from transferkit.viz import crop_box
+
+    older = SimpleNamespace(input_size_=(224, 224), source_size_=(256, 256))
+    assert crop_box(older, (256, 256)) == (16, 16, 224, 224)
 
 
 def test_grad_cam_heat_map_has_the_image_size_and_unit_range(vgg_classifier, rng_images):
@@ -116,15 +279,58 @@ def test_grad_cam_heat_map_has_the_image_size_and_unit_range(vgg_classifier, rng
     assert heat.min() >= 0 and heat.max() <= 1
 
 
-def test_grad_cam_overlay_keeps_the_size_of_a_file_image(vgg_classifier, tmp_path):
+def test_grad_cam_evidence_lies_within_the_part_the_classifier_sees(vgg_classifier,
+                                                                    rng_images):
+    from transferkit.viz import crop_box, grad_cam
+
+    heat = grad_cam(vgg_classifier, rng_images[0])
+    top, left, height, width = crop_box(vgg_classifier, heat.shape)
+    outside = np.ones_like(heat, dtype=bool)
+    outside[top:top + height, left:left + width] = False
+    assert not heat[outside].any()
+
+
+def test_grad_cam_overlay_is_aligned_with_the_whole_image(vgg_classifier, tmp_path):
     from transferkit.viz import plot_grad_cam
 
     path = tmp_path / "wide.png"
     pixels = np.random.default_rng(1).integers(0, 256, (30, 70, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)
-    overlay = plot_grad_cam(vgg_classifier, str(path), target="b")
-    assert overlay.size == (70, 30)
-    assert overlay.mode == "RGB"
+    display = plot_grad_cam(vgg_classifier, str(path), target="b")
+    photo, overlay = display.ax_.images
+    assert display.heatmap.shape == (30, 70)
+    assert overlay.get_extent() == photo.get_extent()
+
+
+def test_grad_cam_caption_gives_the_predicted_class_and_its_probability():
+    display = _cam_display(probabilities=(0.2, 0.8), target=1)
+    assert display.caption.startswith("predicted 'bees' (p = 0.80)")
+    assert display.caption in display.ax_.get_title()
+
+
+def test_grad_cam_of_another_class_says_so_and_still_gives_the_prediction():
+    display = _cam_display(probabilities=(0.2, 0.8), target=0)
+    assert display.caption == "evidence for 'ants' (p = 0.20); predicted 'bees' (p = 0.80)"
+
+
+def test_target_chooses_the_class_explained(vgg_classifier, rng_images):
+    from transferkit.viz import plot_grad_cam
+
+    display = plot_grad_cam(vgg_classifier, rng_images[0], target="b")
+    assert display.target == 1
+    assert "'b'" in display.caption
+
+
+def test_overlay_leaves_the_photo_untouched_where_there_is_no_evidence():
+    display = _cam_display()
+    alpha = display.ax_.images[1].get_array()[..., 3]
+    assert alpha.max() == pytest.approx(0.6)
+    assert np.all(alpha[display.heatmap == 0] == 0)
+
+
+def test_the_part_the_network_sees_is_outlined_only_when_it_is_not_the_whole_image():
+    assert len(_cam_display(crop_box=(1, 1, 6, 6)).ax_.patches) == 1
+    assert len(_cam_display(crop_box=(0, 0, 8, 8)).ax_.patches) == 0
 
 
 def test_grad_cam_rejects_a_class_the_classifier_does_not_have(vgg_classifier, rng_images):
@@ -142,6 +348,7 @@ def test_grad_cam_needs_a_fitted_classifier(rng_images):
         grad_cam(FineTunedClassifier("VGG16", weights=None), rng_images[0])
 
 
+# ---------------------------------------------------------------------------- history
 def test_history_plot_has_the_requested_size_and_both_curves(vgg_classifier):
     from transferkit.viz import plot_history
 

@@ -1,12 +1,14 @@
 """Pictures of what the network sees: activation maps, Grad-CAM and training curves.
 
-Every ``plot_*`` function returns a :class:`PIL.Image.Image`, drawn with Pillow alone, so
-pictures work on a headless server, in a notebook (a PIL image displays itself) or saved
-with ``.save("maps.png")``. Matplotlib is optional: with it installed, any of its colormap
-names can be used; without it, the built-in ``"viridis"``, ``"magma"``, ``"jet"`` and
-``"gray"`` are available.
+:func:`plot_activation_maps` and :func:`plot_grad_cam` draw with matplotlib (the ``viz``
+extra) and return Display objects in scikit-learn's manner: their ``figure_`` displays
+itself in a notebook, ``.save("maps.png")`` writes it, and ``ax=`` draws into a figure of
+one's own. :func:`plot_history` draws with Pillow alone and returns a PIL image.
+:func:`activation_maps`, :func:`grad_cam` and :func:`crop_box` return the arrays behind
+the pictures.
 
-Keras is imported inside the functions: ``import transferkit.viz`` stays cheap.
+Keras and matplotlib are imported inside the functions: ``import transferkit.viz`` stays
+cheap.
 """
 
 # Authors: The transferkit developers
@@ -24,34 +26,15 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
+    "ActivationMapsDisplay",
+    "GradCAMDisplay",
     "activation_maps",
+    "crop_box",
     "grad_cam",
     "plot_activation_maps",
     "plot_grad_cam",
     "plot_history",
 ]
-
-# Control points (position, RGB) of the built-in colormaps, so that no plotting library is
-# needed. viridis and magma are sampled from matplotlib's definitions at nine points, which
-# is visually indistinguishable from the full tables at heat-map resolution.
-_COLORMAPS: dict[str, list[tuple[float, tuple[int, int, int]]]] = {
-    "viridis": [
-        (0.0, (68, 1, 84)), (0.125, (71, 44, 122)), (0.25, (59, 81, 139)),
-        (0.375, (44, 113, 142)), (0.5, (33, 144, 141)), (0.625, (39, 173, 129)),
-        (0.75, (92, 200, 99)), (0.875, (170, 220, 50)), (1.0, (253, 231, 37)),
-    ],
-    "magma": [
-        (0.0, (0, 0, 4)), (0.125, (28, 16, 68)), (0.25, (79, 18, 123)),
-        (0.375, (129, 37, 129)), (0.5, (181, 54, 122)), (0.625, (229, 80, 100)),
-        (0.75, (251, 135, 97)), (0.875, (254, 194, 135)), (1.0, (252, 253, 191)),
-    ],
-    "jet": [
-        (0.0, (0, 0, 128)), (0.11, (0, 0, 255)), (0.125, (0, 0, 255)), (0.34, (0, 219, 255)),
-        (0.35, (0, 229, 246)), (0.64, (255, 255, 0)), (0.65, (255, 234, 0)),
-        (0.89, (255, 0, 0)), (1.0, (128, 0, 0)),
-    ],
-    "gray": [(0.0, (0, 0, 0)), (1.0, (255, 255, 255))],
-}
 
 _BACKGROUND = (255, 255, 255)
 _TRAIN_COLOUR = (31, 119, 180)
@@ -59,36 +42,6 @@ _VAL_COLOUR = (255, 127, 14)
 
 
 # ---------------------------------------------------------------------------- helpers
-def _apply_colormap(values: np.ndarray, colormap: str) -> np.ndarray:
-    """Map values in [0, 1] of shape (h, w) to uint8 RGB of shape (h, w, 3)."""
-    values = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0)
-    if not isinstance(colormap, str):
-        raise TypeError(f"colormap must be a name (str); got {type(colormap).__name__}.")
-    points = _COLORMAPS.get(colormap.lower())
-    if points is not None:
-        positions = np.array([p for p, _ in points])
-        colours = np.array([c for _, c in points], dtype=np.float64)
-        rgb = np.stack(
-            [np.interp(values, positions, colours[:, k]) for k in range(3)], axis=-1
-        )
-        return np.round(rgb).astype(np.uint8)
-    try:
-        import matplotlib
-    except ImportError:
-        raise ValueError(
-            f"colormap={colormap!r} is not built in; use one of {sorted(_COLORMAPS)}, or "
-            "install matplotlib to use any of its colormaps."
-        ) from None
-    try:
-        cmap = matplotlib.colormaps[colormap]
-    except KeyError:
-        raise ValueError(
-            f"colormap={colormap!r} is neither built in ({sorted(_COLORMAPS)}) nor a "
-            "matplotlib colormap (see matplotlib.colormaps)."
-        ) from None
-    return np.round(cmap(values)[..., :3] * 255).astype(np.uint8)
-
-
 def _positive_int(name: str, value: Any) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer.")
@@ -145,7 +98,135 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
+# ---------------------------------------------------------------------------- matplotlib
+def _pyplot() -> Any:
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(
+            "transferkit.viz draws activation maps and Grad-CAM with matplotlib, which is "
+            'not installed; install it with pip install "transferkit[viz]".'
+        ) from None
+    return plt
+
+
+def _panel_grid(ax: Any, n_rows: int, n_cols: int, figsize: tuple[float, float],
+                **gridspec_kw: Any) -> tuple[Any, Any]:
+    """A grid of panels filling a new figure, or the area of ``ax`` (which is removed)."""
+    plt = _pyplot()
+    if ax is None:
+        figure = plt.figure(figsize=figsize, layout="constrained")
+        return figure, figure.add_gridspec(n_rows, n_cols, **gridspec_kw)
+    spec = ax.get_subplotspec()
+    if spec is None:
+        raise ValueError(
+            "ax must be an Axes made on a grid (plt.subplots, fig.add_subplot); this one was "
+            "placed by hand, so it has no area to divide into panels."
+        )
+    figure = ax.figure
+    ax.remove()
+    return figure, spec.subgridspec(n_rows, n_cols, **gridspec_kw)
+
+
+def _bare(ax: Any) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _image_name(image: Any) -> str | None:
+    return os.path.basename(os.fspath(image)) if isinstance(image, (str, os.PathLike)) else None
+
+
+def _smooth_resize(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic resize of a 2-D map, kept within the map's own range.
+
+    Bicubic interpolation overshoots next to sharp edges; clipping keeps the labelled
+    activation range the range of what is drawn.
+    """
+    resized = Image.fromarray(values.astype(np.float32), mode="F").resize(
+        (size[1], size[0]), Image.Resampling.BICUBIC
+    )
+    return np.clip(np.asarray(resized, dtype=np.float32), values.min(), values.max())
+
+
 # ---------------------------------------------------------------------------- activations
+def _extractor_parts(extractor: Any) -> tuple[Any, Any]:
+    """The fitted extractor's truncated backbone and its BackboneSpec (None for a user model)."""
+    from .backbones import get_backbone_spec
+    from .extractor import KerasFeatureExtractor
+    from .network import trunk_of
+
+    if not isinstance(extractor, KerasFeatureExtractor):
+        raise TypeError(
+            f"extractor must be a KerasFeatureExtractor; got {type(extractor).__name__}. For "
+            "a fitted FineTunedClassifier, use transferkit.viz.grad_cam to see which regions "
+            "drove a prediction."
+        )
+    if not hasattr(extractor, "model_"):
+        extractor.fit()
+    trunk = trunk_of(extractor.model_)
+    user_model = getattr(extractor, "preprocessing_", None) == "user_model"
+    return trunk, None if user_model else get_backbone_spec(extractor.backbone_name_)
+
+
+def _spatial_layer(extractor: Any, trunk: Any, spec: Any, layer: Any) -> Any:
+    from .cut_points import resolve_cut
+
+    try:
+        target = resolve_cut(trunk, layer, None if spec is None else spec.module)
+    except ValueError as exc:
+        raise ValueError(
+            f"layer={layer!r} is not a layer of this extractor, which ends at its cut layer "
+            f"{extractor.cut_layer_!r}: {exc} To look deeper, use an extractor with a later "
+            "cut."
+        ) from exc
+    if len(target.output.shape) != 4:
+        raise ValueError(
+            f"layer={layer!r} ({target.name!r}) has output shape {tuple(target.output.shape)}, "
+            "not a spatial map (batch, height, width, channels); choose a convolutional layer."
+        )
+    return target
+
+
+def _stage_ends(trunk: Any) -> list[Any]:
+    """The last layer at each spatial resolution, input side first: where each stage ends."""
+    ends: dict[tuple[Any, Any], Any] = {}
+    for layer in trunk.layers[1:]:
+        shape = getattr(getattr(layer, "output", None), "shape", None)
+        if shape is not None and len(shape) == 4:
+            ends.pop(tuple(shape[1:3]), None)  # re-inserted: dict order follows the last one
+            ends[tuple(shape[1:3])] = layer
+    return list(ends.values())
+
+
+def _network_view(extractor: Any, image: Any, spec: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels the network sees (uint8, input size) and the batch it is given."""
+    from .augmentation import central_offsets
+
+    # Framed as transform frames it: resized to source_size_, central input_size_ kept.
+    source, size = extractor.source_size_, extractor.input_size_
+    pixels = _model_input(image, source)
+    top, left = central_offsets(source, size)
+    pixels = np.ascontiguousarray(pixels[:, top:top + size[0], left:left + size[1]])
+    view = np.clip(np.round(pixels[0]), 0, 255).astype(np.uint8)
+    if spec is not None:
+        # preprocess_input may work in place on a NumPy array; the batch is ours to change.
+        pixels = np.asarray(spec.preprocess_input(pixels), dtype=np.float32)
+    return view, pixels
+
+
+def _layer_outputs(trunk: Any, targets: list[Any], batch: np.ndarray) -> list[np.ndarray]:
+    import keras
+
+    probe = keras.Model(trunk.inputs[0], [t.output for t in targets], name="activations")
+    outputs = probe(batch, training=False)
+    if len(targets) == 1 and not isinstance(outputs, (list, tuple)):
+        outputs = [outputs]
+    return [np.asarray(keras.ops.convert_to_numpy(o)[0], dtype=np.float32) for o in outputs]
+
+
 def activation_maps(extractor: Any, image: Any, *, layer: str | int | None = None) -> np.ndarray:
     """Activations of one layer of a feature extractor's backbone for one image.
 
@@ -177,63 +258,246 @@ def activation_maps(extractor: Any, image: Any, *, layer: str | int | None = Non
     >>> activation_maps(extractor, np.zeros((32, 32, 3)), layer="block3").shape  # doctest: +SKIP
     (8, 8, 256)
     """
-    import keras
+    trunk, spec = _extractor_parts(extractor)
+    target = _spatial_layer(extractor, trunk, spec, layer)
+    _, batch = _network_view(extractor, image, spec)
+    return _layer_outputs(trunk, [target], batch)[0]
 
-    from .augmentation import central_offsets
-    from .backbones import get_backbone_spec
-    from .cut_points import resolve_cut
-    from .extractor import KerasFeatureExtractor
-    from .network import trunk_of
 
-    if not isinstance(extractor, KerasFeatureExtractor):
-        raise TypeError(
-            f"extractor must be a KerasFeatureExtractor; got {type(extractor).__name__}. For "
-            "a fitted FineTunedClassifier, use transferkit.viz.grad_cam to see which regions "
-            "drove a prediction."
+_CHANNEL_RULES = ("most_active", "most_varied")
+
+
+def _choose_channels(maps: np.ndarray, channels: Any, n_channels: int, name: str) -> np.ndarray:
+    if isinstance(channels, str):
+        if channels == "most_active":
+            strength = maps.mean(axis=(0, 1))
+        elif channels == "most_varied":
+            strength = maps.std(axis=(0, 1))
+        else:
+            raise ValueError(
+                f"channels={channels!r} is not a rule; use one of {list(_CHANNEL_RULES)} or a "
+                "list of channel indices."
+            )
+        # Stable sort: equally ranked channels keep their index order, so pictures repeat.
+        return np.argsort(-strength, kind="stable")[: min(n_channels, maps.shape[-1])]
+    chosen = np.asarray(channels)
+    if chosen.ndim != 1 or chosen.size == 0 or not np.issubdtype(chosen.dtype, np.integer):
+        raise ValueError(
+            f"channels={channels!r} must be {list(_CHANNEL_RULES)[0]!r}, "
+            f"{list(_CHANNEL_RULES)[1]!r} or a non-empty list of channel indices."
         )
-    if not hasattr(extractor, "model_"):
-        extractor.fit()
-    trunk = trunk_of(extractor.model_)
-    user_model = getattr(extractor, "preprocessing_", None) == "user_model"
-    spec = None if user_model else get_backbone_spec(extractor.backbone_name_)
+    outside = chosen[(chosen < 0) | (chosen >= maps.shape[-1])]
+    if outside.size:
+        raise ValueError(
+            f"channels={channels!r}: layer {name!r} has channels 0 to {maps.shape[-1] - 1}; "
+            f"{outside.tolist()} are out of range."
+        )
+    return chosen
+
+
+def _percentile_range(values: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    low, high = (float(v) for v in np.percentile(values, percentiles))
+    if high <= low:  # a flat map: any range shows it as one colour
+        high = low + 1e-6
+    return low, high
+
+
+class ActivationMapsDisplay:
+    """The input image beside activation maps of one or more layers, early to late.
+
+    Build it with :meth:`from_estimator` (or :func:`plot_activation_maps`); the attributes
+    hold what is drawn, so a picture can be checked or re-drawn without the network.
+
+    Parameters
+    ----------
+    image : ndarray of shape (size, size, 3), dtype uint8
+        The input as the network sees it (resized and cropped as in ``transform``).
+    layers : list of str
+        Layer names, input side first.
+    channels : list of ndarray of int
+        For each layer, the channels shown.
+    maps : list of ndarray of shape (n_channels, height, width), dtype float32
+        For each layer, the chosen channels upsampled (bicubic) to the image's size.
+    ranges : list of ndarray of shape (n_channels, 2)
+        For each layer and channel, the lowest and highest activation before upsampling.
+    shapes : list of tuple of int
+        For each layer, its output shape ``(height, width, channels)``.
+    rule : str
+        How the channels were chosen, for the title: ``"most active"``, ``"most varied"``
+        or ``"chosen"``.
+    name : str, default=None
+        The image's file name, for the title.
+
+    Attributes
+    ----------
+    figure_ : matplotlib.figure.Figure
+        The figure drawn on (set by :meth:`plot`).
+    axes_ : ndarray of matplotlib.axes.Axes of shape (n_layers, n_channels)
+        The map panels.
+    image_ax_ : matplotlib.axes.Axes
+        The panel with the input image.
+    """
+
+    def __init__(self, image: np.ndarray, layers: list[str], channels: list[np.ndarray],
+                 maps: list[np.ndarray], ranges: list[np.ndarray],
+                 shapes: list[tuple[int, ...]], rule: str, name: str | None = None) -> None:
+        self.image, self.layers, self.channels = image, layers, channels
+        self.maps, self.ranges, self.shapes = maps, ranges, shapes
+        self.rule, self.name = rule, name
+
+    @classmethod
+    def from_estimator(
+        cls,
+        extractor: Any,
+        image: Any,
+        *,
+        layers: str | int | Sequence[str | int] | None = None,
+        n_channels: int = 6,
+        channels: str | Sequence[int] = "most_active",
+        ax: Any = None,
+        colormap: str = "viridis",
+        percentiles: tuple[float, float] = (1.0, 99.0),
+    ) -> ActivationMapsDisplay:
+        """Compute the maps of ``extractor`` for ``image`` and draw them.
+
+        Parameters are those of :func:`plot_activation_maps`.
+
+        Returns
+        -------
+        display : ActivationMapsDisplay
+        """
+        n_channels = _positive_int("n_channels", n_channels)
+        trunk, spec = _extractor_parts(extractor)
+        if layers is None:
+            # Three stage ends, evenly spaced from the first to the cut: edges to parts.
+            ends = _stage_ends(trunk)
+            picks = sorted({int(round(i)) for i in np.linspace(0, len(ends) - 1, 3)})
+            targets = [ends[i] for i in picks]
+        else:
+            requested = [layers] if isinstance(layers, (str, numbers.Integral)) else list(layers)
+            if not requested:
+                raise ValueError("layers=[] names no layer; pass None for three stage ends.")
+            targets = [_spatial_layer(extractor, trunk, spec, layer) for layer in requested]
+        view, batch = _network_view(extractor, image, spec)
+        outputs = _layer_outputs(trunk, targets, batch)
+        shown_channels, shown_maps, ranges = [], [], []
+        for target, maps in zip(targets, outputs, strict=True):
+            chosen = _choose_channels(maps, channels, n_channels, target.name)
+            shown_channels.append(chosen)
+            shown_maps.append(np.stack([_smooth_resize(maps[..., c], view.shape[:2])
+                                        for c in chosen]))
+            ranges.append(np.array([[maps[..., c].min(), maps[..., c].max()] for c in chosen]))
+        rule = channels.replace("_", " ") if isinstance(channels, str) else "chosen"
+        display = cls(view, [t.name for t in targets], shown_channels, shown_maps, ranges,
+                      [tuple(int(s) for s in m.shape) for m in outputs], rule,
+                      _image_name(image))
+        return display.plot(ax=ax, colormap=colormap, percentiles=percentiles)
+
+    def plot(self, ax: Any = None, *, colormap: str = "viridis",
+             percentiles: tuple[float, float] = (1.0, 99.0)) -> ActivationMapsDisplay:
+        """Draw the picture.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, default=None
+            The area to draw in, divided into panels (the Axes itself is removed); a new
+            figure when None.
+        colormap : str, default="viridis"
+            A matplotlib colormap name.
+        percentiles : (float, float), default=(1.0, 99.0)
+            Each map's colour scale runs from these percentiles of its values, so a few
+            extreme activations do not flatten the rest into one colour.
+
+        Returns
+        -------
+        display : ActivationMapsDisplay
+            ``self``, with ``figure_``, ``axes_`` and ``image_ax_`` set.
+        """
+        if (not isinstance(percentiles, (tuple, list)) or len(percentiles) != 2
+                or not 0 <= percentiles[0] < percentiles[1] <= 100):
+            raise ValueError(
+                f"percentiles={percentiles!r} must be a pair (low, high) with "
+                "0 <= low < high <= 100, such as (1, 99)."
+            )
+        cmap = _colormap(colormap)
+        n_rows, n_cols = len(self.layers), max(len(c) for c in self.channels)
+        figure, grid = _panel_grid(ax, n_rows, n_cols + 1,
+                                   (1.2 + 1.45 * (n_cols + 1), 0.6 + 1.7 * n_rows),
+                                   width_ratios=[2] + [1] * n_cols)
+        self.figure_ = figure
+        self.image_ax_ = figure.add_subplot(grid[:, 0])
+        self.image_ax_.imshow(self.image)
+        self.image_ax_.set_title(
+            f"input, as the network\nsees it ({self.image.shape[0]}x{self.image.shape[1]})",
+            fontsize=8)
+        _bare(self.image_ax_)
+        self.axes_ = np.empty((n_rows, n_cols), dtype=object)
+        for row, layer in enumerate(self.layers):
+            for col in range(n_cols):
+                panel = figure.add_subplot(grid[row, col + 1])
+                self.axes_[row, col] = panel
+                _bare(panel)
+                if col >= len(self.channels[row]):
+                    panel.set_visible(False)
+                    continue
+                values = self.maps[row][col]
+                low, high = _percentile_range(values, percentiles)
+                panel.imshow(values, cmap=cmap, vmin=low, vmax=high)
+                raw_low, raw_high = self.ranges[row][col]
+                panel.set_title(f"channel {int(self.channels[row][col])}", fontsize=7, pad=2)
+                panel.set_xlabel(f"{raw_low:.3g} to {raw_high:.3g}", fontsize=6.5, labelpad=2)
+                if col == 0:
+                    height, width, depth = self.shapes[row]
+                    panel.set_ylabel(f"{layer}\n{height}x{width}x{depth}", fontsize=7.5)
+        where = f" of {self.name}" if self.name else ""
+        figure.suptitle(
+            f"Activation maps{where}: {self.rule} channels of {len(self.layers)} "
+            f"layer{'s' if len(self.layers) > 1 else ''}, input side first\n"
+            f"(under each map: its activation range; its colours span percentiles "
+            f"{percentiles[0]:g} to {percentiles[1]:g} of its values)",
+            fontsize=9)
+        return self
+
+    def save(self, path: str | os.PathLike, **savefig_kw: Any) -> None:
+        """Save the picture, as ``figure_.savefig(path, **savefig_kw)``."""
+        self.figure_.savefig(path, **{"dpi": 110, **savefig_kw})
+
+
+def _colormap(colormap: Any) -> Any:
+    import matplotlib
+
+    if not isinstance(colormap, str):
+        raise TypeError(f"colormap must be a name (str); got {type(colormap).__name__}.")
     try:
-        target = resolve_cut(trunk, layer, None if spec is None else spec.module)
-    except ValueError as exc:
+        return matplotlib.colormaps[colormap]
+    except KeyError:
         raise ValueError(
-            f"layer={layer!r} is not a layer of this extractor, which ends at its cut layer "
-            f"{extractor.cut_layer_!r}: {exc} To look deeper, use an extractor with a later "
-            "cut."
-        ) from exc
-    if len(target.output.shape) != 4:
-        raise ValueError(
-            f"layer={layer!r} ({target.name!r}) has output shape {tuple(target.output.shape)}, "
-            "not a spatial map (batch, height, width, channels); choose a convolutional layer."
-        )
-    # Framed as transform frames it: resized to source_size_, central input_size_ kept.
-    source, size = extractor.source_size_, extractor.input_size_
-    pixels = _model_input(image, source)
-    top, left = central_offsets(source, size)
-    pixels = np.ascontiguousarray(pixels[:, top:top + size[0], left:left + size[1]])
-    if spec is not None:
-        # preprocess_input may work in place on a NumPy array; the batch is ours to change.
-        pixels = np.asarray(spec.preprocess_input(pixels), dtype=np.float32)
-    probe = keras.Model(trunk.inputs[0], target.output, name=f"activations_{target.name}")
-    maps = keras.ops.convert_to_numpy(probe(pixels, training=False))
-    return np.asarray(maps[0], dtype=np.float32)
+            f"colormap={colormap!r} is not a matplotlib colormap; use one such as 'viridis', "
+            "'magma' or 'turbo' (see matplotlib.colormaps)."
+        ) from None
 
 
 def plot_activation_maps(
     extractor: Any,
     image: Any,
     *,
-    layer: str | int | None = None,
-    n_channels: int = 16,
-    n_cols: int | None = None,
-    tile_size: int = 64,
-    padding: int = 2,
+    layers: str | int | Sequence[str | int] | None = None,
+    n_channels: int = 6,
+    channels: str | Sequence[int] = "most_active",
+    ax: Any = None,
     colormap: str = "viridis",
-) -> Image.Image:
-    """A grid of small heat maps, one per channel of a layer, most active channel first.
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    layer: str | int | None = None,
+) -> ActivationMapsDisplay:
+    """The input image beside the activation maps of one or more layers, early to late.
+
+    Each row is a layer; each panel a channel's map, upsampled smoothly (bicubic) to the
+    size of the image the network sees, titled with its channel index and labelled with
+    its activation range. Needs matplotlib (``pip install "transferkit[viz]"``).
+
+    .. versionchanged:: 0.1
+       Returns an :class:`ActivationMapsDisplay` drawn with matplotlib instead of a PIL
+       image; ``.save(path)`` still writes the picture. ``layer=`` is now ``layers=``.
 
     Parameters
     ----------
@@ -241,66 +505,142 @@ def plot_activation_maps(
         Fitted or not (an unfitted one is fitted first, which only builds its model).
     image : str, path-like, PIL.Image.Image or ndarray
         One image, as in :func:`activation_maps`.
-    layer : None, str or int, default=None
-        The layer, as in :func:`activation_maps`; by default the last one before pooling.
-    n_channels : int, default=16
-        How many channels to show, taken in decreasing order of mean activation. Fewer are
-        shown when the layer has fewer.
-    n_cols : int, default=None
-        Tiles per row; the smallest square grid that holds them when None.
-    tile_size : int, default=64
-        Side of each tile in pixels. Maps are enlarged with nearest-neighbour
-        interpolation, so each activation stays a visible square.
-    padding : int, default=2
-        White pixels between and around the tiles.
+    layers : None, str, int or list of them, default=None
+        The layers, each in the forms :func:`activation_maps` takes, input side first.
+        None: three stage ends (the last layer at a spatial resolution), evenly spaced
+        from the first stage to the cut layer.
+    n_channels : int, default=6
+        How many channels to show per layer when ``channels`` is a rule.
+    channels : {"most_active", "most_varied"} or list of int, default="most_active"
+        Which channels: those of highest mean activation, those of highest spread over
+        the image (saturated, uniform channels left out), or these indices in every layer.
+    ax : matplotlib.axes.Axes, default=None
+        The area to draw in, divided into panels; a new figure when None.
     colormap : str, default="viridis"
-        ``"viridis"``, ``"magma"``, ``"jet"``, ``"gray"``, or with matplotlib installed any
-        of its colormap names.
+        A matplotlib colormap name.
+    percentiles : (float, float), default=(1.0, 99.0)
+        Each map's colour scale spans these percentiles of its values.
+    layer : None, str or int, default=None
+        One layer; kept for code written before ``layers``. Do not pass both.
 
     Returns
     -------
-    picture : PIL.Image.Image
-        An RGB image of ``n_cols * tile_size + (n_cols + 1) * padding`` pixels across and
-        ``n_rows * tile_size + (n_rows + 1) * padding`` down. Each tile is scaled to its
-        own channel's range, so weak channels still show their pattern.
+    display : ActivationMapsDisplay
+        With ``figure_`` (save it with ``display.save("maps.png")``) and the maps drawn.
 
     Examples
     --------
     >>> from transferkit import KerasFeatureExtractor
     >>> from transferkit.viz import plot_activation_maps
     >>> extractor = KerasFeatureExtractor("MobileNet", backbone_kwargs={"alpha": 0.25})
-    >>> picture = plot_activation_maps(extractor, "bee.jpg", layer="conv_pw_5")  # doctest: +SKIP
-    >>> picture.save("maps.png")  # doctest: +SKIP
+    >>> display = plot_activation_maps(extractor, "bee.jpg")  # doctest: +SKIP
+    >>> display.save("maps.png")  # doctest: +SKIP
     """
-    n_channels = _positive_int("n_channels", n_channels)
-    tile_size = _positive_int("tile_size", tile_size)
-    if not isinstance(padding, numbers.Integral) or isinstance(padding, bool) or padding < 0:
-        raise ValueError(f"padding={padding!r} must be an integer >= 0.")
-    maps = activation_maps(extractor, image, layer=layer)
-    strength = maps.mean(axis=(0, 1))
-    # Stable sort: equally active channels keep their index order, so pictures are repeatable.
-    order = np.argsort(-strength, kind="stable")[: min(n_channels, maps.shape[-1])]
-    n_shown = len(order)
-    n_cols = math.ceil(math.sqrt(n_shown)) if n_cols is None else _positive_int("n_cols", n_cols)
-    n_rows = math.ceil(n_shown / n_cols)
-
-    width = n_cols * tile_size + (n_cols + 1) * padding
-    height = n_rows * tile_size + (n_rows + 1) * padding
-    picture = Image.new("RGB", (width, height), _BACKGROUND)
-    for k, channel in enumerate(order):
-        values = maps[..., channel]
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-        tile = Image.fromarray(_apply_colormap(scaled, colormap)).resize(
-            (tile_size, tile_size), Image.Resampling.NEAREST
-        )
-        row, col = divmod(k, n_cols)
-        picture.paste(tile, (padding + col * (tile_size + padding),
-                             padding + row * (tile_size + padding)))
-    return picture
+    if layer is not None:
+        if layers is not None:
+            raise ValueError(
+                f"layer={layer!r} and layers={layers!r} both given; pass layers alone."
+            )
+        layers = layer
+    return ActivationMapsDisplay.from_estimator(
+        extractor, image, layers=layers, n_channels=n_channels, channels=channels, ax=ax,
+        colormap=colormap, percentiles=percentiles)
 
 
 # ---------------------------------------------------------------------------- Grad-CAM
+def crop_box(classifier: Any, image_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The part of an image a fitted FineTunedClassifier sees: ``(top, left, height, width)``.
+
+    Parameters
+    ----------
+    classifier : FineTunedClassifier
+        A fitted classifier; its ``crop_fraction_`` (or, for one fitted by an older
+        transferkit, ``input_size_ / source_size_``) is the part of each side it keeps.
+    image_shape : (int, int)
+        ``(height, width)`` of the image as shown.
+
+    Returns
+    -------
+    box : tuple of int
+        ``(top, left, height, width)`` in the image's pixels: the central
+        ``crop_fraction_`` of each side, the whole image at 1.0.
+    """
+    from .augmentation import central_offsets
+
+    height, width = int(image_shape[0]), int(image_shape[1])
+    fraction = getattr(classifier, "crop_fraction_", None)
+    if fraction is not None:
+        fractions = (float(fraction), float(fraction))
+    else:
+        source = getattr(classifier, "source_size_", classifier.input_size_)
+        fractions = (classifier.input_size_[0] / source[0], classifier.input_size_[1] / source[1])
+    crop_h = min(height, max(1, int(round(height * fractions[0]))))
+    crop_w = min(width, max(1, int(round(width * fractions[1]))))
+    top, left = central_offsets((height, width), (crop_h, crop_w))
+    return int(top), int(left), crop_h, crop_w
+
+
+def _grad_cam(classifier: Any, image: Any, target: Any) -> dict[str, Any]:
+    """Grad-CAM of ``target`` with what a caption needs: the probabilities and the crop."""
+    import keras
+    import tensorflow as tf
+
+    from .finetune import FineTunedClassifier
+    from .finetune_network import explanation_parts
+
+    if not isinstance(classifier, FineTunedClassifier):
+        raise TypeError(
+            f"classifier must be a fitted FineTunedClassifier; got {type(classifier).__name__}."
+        )
+    if not hasattr(classifier, "model_"):
+        raise ValueError(
+            "This FineTunedClassifier is not fitted yet; call fit(X, y) before grad_cam."
+        )
+    classes = np.asarray(classifier.classes_).tolist()
+    if target is not None and target not in classes:
+        raise ValueError(f"target={target!r} is not a class of the classifier: {classes}.")
+    # The model takes the image resized to source_size_ and looks at its central view.
+    source = getattr(classifier, "source_size_", classifier.input_size_)
+    pixels = _model_input(image, source)
+    display = _display_pixels(image)
+
+    model = classifier.model_
+    to_map, to_logits = explanation_parts(model)
+    x = tf.convert_to_tensor(pixels)
+    x = to_map(x, training=False)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        # Grad-CAM explains a score, not a probability: the softmax saturates and its
+        # gradient vanishes for confident predictions.
+        scores = to_logits(x, training=False)
+        probabilities = tf.nn.softmax(scores).numpy()[0]
+        expected = keras.ops.convert_to_numpy(model(pixels, training=False))[0]
+        if not np.allclose(probabilities, expected, atol=1e-4):
+            raise RuntimeError(
+                f"Re-running {model.name!r} in two parts does not reproduce its output, so "
+                "its gradients cannot be trusted; this transferkit.viz does not match the "
+                "installed FineTunedClassifier."
+            )
+        predicted = int(np.argmax(probabilities))
+        index = predicted if target is None else classes.index(target)
+        score = scores[:, index]
+    grads = tape.gradient(score, x).numpy()[0]
+    feature_map = x.numpy()[0]
+    channel_weights = grads.mean(axis=(0, 1))
+    cam = np.maximum((feature_map * channel_weights).sum(axis=-1), 0.0)
+    peak = float(cam.max())
+    cam = cam / peak if peak > 0 else np.zeros_like(cam)
+    # The map covers the part of the image the network saw; outside it there is no evidence.
+    top, left, crop_h, crop_w = box = crop_box(classifier, display.shape[:2])
+    heat = np.zeros(display.shape[:2], dtype=np.float32)
+    heat[top:top + crop_h, left:left + crop_w] = _resize_map(cam, (crop_h, crop_w))
+    return {
+        "heatmap": np.clip(heat, 0.0, 1.0).astype(np.float32), "image": display,
+        "crop_box": box, "classes": classes, "probabilities": probabilities,
+        "predicted": predicted, "target": index,
+    }
+
+
 def grad_cam(classifier: Any, image: Any, *, target: Any = None) -> np.ndarray:
     """Grad-CAM heat map of the image regions that drove a class score.
 
@@ -325,74 +665,137 @@ def grad_cam(classifier: Any, image: Any, *, target: Any = None) -> np.ndarray:
     heatmap : ndarray of shape (height, width), dtype float32
         Values in [0, 1] at the image's own resolution (before resizing to the network's
         input size); 1 marks the strongest evidence. All zeros when nothing in the
-        image speaks for ``target``, and outside the central crop the classifier looks at
-        (its ``crop_fraction``).
+        image speaks for ``target``, and outside the part of the image the classifier
+        sees (:func:`crop_box`: the central ``crop_fraction_`` of each side).
 
     Examples
     --------
     >>> from transferkit.viz import grad_cam
     >>> heat = grad_cam(clf, "bee.jpg", target="bees")  # doctest: +SKIP
     """
-    import keras
-    import tensorflow as tf
+    return _grad_cam(classifier, image, target)["heatmap"]
 
-    from .augmentation import central_offsets
-    from .finetune import FineTunedClassifier
-    from .finetune_network import explanation_parts
 
-    if not isinstance(classifier, FineTunedClassifier):
-        raise TypeError(
-            f"classifier must be a fitted FineTunedClassifier; got {type(classifier).__name__}."
-        )
-    if not hasattr(classifier, "model_"):
-        raise ValueError(
-            "This FineTunedClassifier is not fitted yet; call fit(X, y) before grad_cam."
-        )
-    classes = np.asarray(classifier.classes_).tolist()
-    # The model takes the image resized to source_size_ and looks at its central crop.
-    source = getattr(classifier, "source_size_", classifier.input_size_)
-    pixels = _model_input(image, source)
-    display = _display_pixels(image)
+class GradCAMDisplay:
+    """A Grad-CAM heat map laid over the whole image, with the prediction in the caption.
 
-    model = classifier.model_
-    to_map, to_logits = explanation_parts(model)
-    x = tf.convert_to_tensor(pixels)
-    x = to_map(x, training=False)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        # Grad-CAM explains a score, not a probability: the softmax saturates and its
-        # gradient vanishes for confident predictions.
-        scores = to_logits(x, training=False)
-        probabilities = tf.nn.softmax(scores)
-        expected = model(pixels, training=False)
-        if not np.allclose(probabilities.numpy(), keras.ops.convert_to_numpy(expected),
-                           atol=1e-4):
-            raise RuntimeError(
-                f"Re-running {model.name!r} in two parts does not reproduce its output, so "
-                "its gradients cannot be trusted; this transferkit.viz does not match the "
-                "installed FineTunedClassifier."
-            )
-        if target is None:
-            index = int(np.argmax(probabilities.numpy()[0]))
-        elif target in classes:
-            index = classes.index(target)
-        else:
-            raise ValueError(f"target={target!r} is not a class of the classifier: {classes}.")
-        score = scores[:, index]
-    grads = tape.gradient(score, x).numpy()[0]
-    feature_map = x.numpy()[0]
-    channel_weights = grads.mean(axis=(0, 1))
-    cam = np.maximum((feature_map * channel_weights).sum(axis=-1), 0.0)
-    peak = float(cam.max())
-    cam = cam / peak if peak > 0 else np.zeros_like(cam)
-    # The map covers the central crop the network saw; outside it there is no evidence.
-    height, width = display.shape[:2]
-    crop_h = int(round(height * classifier.input_size_[0] / source[0]))
-    crop_w = int(round(width * classifier.input_size_[1] / source[1]))
-    top, left = central_offsets((height, width), (crop_h, crop_w))
-    heat = np.zeros((height, width), dtype=np.float32)
-    heat[top:top + crop_h, left:left + crop_w] = _resize_map(cam, (crop_h, crop_w))
-    return np.clip(heat, 0.0, 1.0).astype(np.float32)
+    Build it with :meth:`from_estimator` (or :func:`plot_grad_cam`).
+
+    Parameters
+    ----------
+    image : ndarray of shape (height, width, 3), dtype uint8
+        The image at its own resolution.
+    heatmap : ndarray of shape (height, width), dtype float32
+        The output of :func:`grad_cam`, aligned pixel for pixel with ``image``.
+    crop_box : (int, int, int, int)
+        ``(top, left, height, width)`` of the part the network sees (:func:`crop_box`).
+    classes : list
+        The classifier's ``classes_``.
+    probabilities : ndarray of shape (n_classes,)
+        The predicted probabilities for the image.
+    target : int
+        Index into ``classes`` of the class whose evidence is shown.
+    name : str, default=None
+        The image's file name, for the caption.
+
+    Attributes
+    ----------
+    figure_ : matplotlib.figure.Figure
+    ax_ : matplotlib.axes.Axes
+    predicted_ : label
+        The predicted class.
+    """
+
+    def __init__(self, image: np.ndarray, heatmap: np.ndarray,
+                 crop_box: tuple[int, int, int, int], classes: list, probabilities: np.ndarray,
+                 target: int, name: str | None = None) -> None:
+        self.image, self.heatmap, self.crop_box = image, heatmap, crop_box
+        self.classes, self.probabilities = classes, np.asarray(probabilities)
+        self.target, self.name = int(target), name
+        self.predicted_ = classes[int(np.argmax(self.probabilities))]
+
+    @classmethod
+    def from_estimator(cls, classifier: Any, image: Any, *, target: Any = None, ax: Any = None,
+                       alpha: float = 0.6, colormap: str = "turbo") -> GradCAMDisplay:
+        """Compute Grad-CAM of ``classifier`` for ``image`` and draw it.
+
+        Parameters are those of :func:`plot_grad_cam`.
+
+        Returns
+        -------
+        display : GradCAMDisplay
+        """
+        found = _grad_cam(classifier, image, target)
+        display = cls(found["image"], found["heatmap"], found["crop_box"], found["classes"],
+                      found["probabilities"], found["target"], _image_name(image))
+        return display.plot(ax=ax, alpha=alpha, colormap=colormap)
+
+    @property
+    def caption(self) -> str:
+        """What the picture shows, in words: the class explained and the prediction."""
+        predicted = int(np.argmax(self.probabilities))
+        shown = f"evidence for {self.classes[self.target]!r} " \
+                f"(p = {self.probabilities[self.target]:.2f})"
+        if self.target == predicted:
+            return f"predicted {self.classes[predicted]!r} (p = " \
+                   f"{self.probabilities[predicted]:.2f}); Grad-CAM shows the evidence for it"
+        return f"{shown}; predicted {self.classes[predicted]!r} " \
+               f"(p = {self.probabilities[predicted]:.2f})"
+
+    def plot(self, ax: Any = None, *, alpha: float = 0.6,
+             colormap: str = "turbo") -> GradCAMDisplay:
+        """Draw the picture.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, default=None
+            The Axes to draw on; a new figure when None.
+        alpha : float, default=0.6
+            Opacity of the strongest evidence, in [0, 1]. The opacity falls with the heat,
+            so the photograph shows through unchanged where there is no evidence.
+        colormap : str, default="turbo"
+            A matplotlib colormap name.
+
+        Returns
+        -------
+        display : GradCAMDisplay
+            ``self``, with ``figure_`` and ``ax_`` set.
+        """
+        if not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
+            raise ValueError(f"alpha={alpha!r} must be a number in [0, 1].")
+        cmap = _colormap(colormap)
+        plt = _pyplot()
+        height, width = self.image.shape[:2]
+        if ax is None:
+            scale = 5.0 / max(height, width)
+            figure, ax = plt.subplots(figsize=(width * scale + 1.2, height * scale + 0.9),
+                                      layout="constrained")
+        self.figure_, self.ax_ = ax.figure, ax
+        ax.imshow(self.image)
+        overlay = cmap(self.heatmap)
+        overlay[..., 3] = alpha * self.heatmap
+        ax.imshow(overlay, interpolation="bilinear")
+        top, left, crop_h, crop_w = self.crop_box
+        if (crop_h, crop_w) != (height, width):
+            from matplotlib.patches import Rectangle
+
+            # Pixel edges sit half a pixel before their centres in imshow's coordinates.
+            ax.add_patch(Rectangle((left - 0.5, top - 0.5), crop_w, crop_h, fill=False,
+                                   edgecolor="white", linestyle="--", linewidth=1.2))
+            ax.text(left + 4, top + 4, "what the network sees", color="white", fontsize=7,
+                    va="top", bbox={"facecolor": "black", "alpha": 0.4, "linewidth": 0})
+        _bare(ax)
+        scalar = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
+        colorbar = self.figure_.colorbar(scalar, ax=ax, fraction=0.04, pad=0.02)
+        colorbar.set_label(f"evidence for {self.classes[self.target]!r} (relative)",
+                           fontsize=8)
+        where = f"{self.name}: " if self.name else ""
+        ax.set_title(f"Grad-CAM, {where}{self.caption}", fontsize=9, wrap=True)
+        return self
+
+    def save(self, path: str | os.PathLike, **savefig_kw: Any) -> None:
+        """Save the picture, as ``figure_.savefig(path, **savefig_kw)``."""
+        self.figure_.savefig(path, **{"dpi": 110, **savefig_kw})
 
 
 def plot_grad_cam(
@@ -400,10 +803,19 @@ def plot_grad_cam(
     image: Any,
     *,
     target: Any = None,
-    alpha: float = 0.5,
-    colormap: str = "jet",
-) -> Image.Image:
-    """Grad-CAM heat map overlaid on the image.
+    ax: Any = None,
+    alpha: float = 0.6,
+    colormap: str = "turbo",
+) -> GradCAMDisplay:
+    """Grad-CAM heat map laid over the whole image, the prediction in the caption.
+
+    The heat map is aligned with the image as shown; when the classifier sees only the
+    central part (``crop_fraction_`` below 1), that part is outlined and the evidence
+    lies within it. Needs matplotlib (``pip install "transferkit[viz]"``).
+
+    .. versionchanged:: 0.1
+       Returns a :class:`GradCAMDisplay` drawn with matplotlib instead of a PIL image;
+       ``.save(path)`` still writes the picture.
 
     Parameters
     ----------
@@ -412,33 +824,28 @@ def plot_grad_cam(
     image : str, path-like, PIL.Image.Image or ndarray
         One image, as in :func:`grad_cam`.
     target : label, default=None
-        The class whose evidence is shown; the predicted class when None.
-    alpha : float, default=0.5
-        Opacity of the heat map, in [0, 1]. Where the heat is zero the image shows through
-        unchanged.
-    colormap : str, default="jet"
-        ``"jet"``, ``"viridis"``, ``"magma"``, ``"gray"``, or with matplotlib installed any
-        of its colormap names.
+        The class whose evidence is shown, one of ``classifier.classes_``; the predicted
+        class when None. The caption gives its probability and the prediction's.
+    ax : matplotlib.axes.Axes, default=None
+        The Axes to draw on; a new figure when None.
+    alpha : float, default=0.6
+        Opacity of the strongest evidence, in [0, 1]; where the heat is zero the image
+        shows through unchanged.
+    colormap : str, default="turbo"
+        A matplotlib colormap name.
 
     Returns
     -------
-    picture : PIL.Image.Image
-        An RGB image of the input image's own size.
+    display : GradCAMDisplay
+        With ``figure_``, ``ax_``, ``caption`` and ``heatmap``.
 
     Examples
     --------
     >>> from transferkit.viz import plot_grad_cam
-    >>> plot_grad_cam(clf, "bee.jpg").save("bee_grad_cam.png")  # doctest: +SKIP
+    >>> plot_grad_cam(clf, "bee.jpg", target="ants").save("ants_evidence.png")  # doctest: +SKIP
     """
-    if not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
-        raise ValueError(f"alpha={alpha!r} must be a number in [0, 1].")
-    heat = grad_cam(classifier, image, target=target)
-    display = _display_pixels(image).astype(np.float32)
-    colours = _apply_colormap(heat, colormap).astype(np.float32)
-    # Opacity grows with the heat, so regions without evidence are left untouched.
-    opacity = (alpha * heat)[..., None]
-    blended = display * (1 - opacity) + colours * opacity
-    return Image.fromarray(np.clip(np.round(blended), 0, 255).astype(np.uint8))
+    return GradCAMDisplay.from_estimator(classifier, image, target=target, ax=ax, alpha=alpha,
+                                         colormap=colormap)
 
 
 # ---------------------------------------------------------------------------- history
