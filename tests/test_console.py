@@ -49,3 +49,73 @@ def test_a_worker_process_inherits_the_quiet_start_up():
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "worker ready"
     assert result.stderr.strip() == ""
+
+
+def test_progress_redirected_to_a_file_is_one_plain_line():
+    script = ("import numpy as np, transferkit\n"
+              "transferkit.KerasFeatureExtractor('VGG16', weights=None, input_size=32,\n"
+              "    cache=None, verbose=1).fit_transform(np.zeros((3, 32, 32, 3)))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "\r" not in result.stdout and "\x1b" not in result.stdout
+    assert result.stdout.startswith("3 images in ")
+    assert len(result.stdout.splitlines()) == 1
+
+
+def test_plain_progress_says_nothing_until_the_work_is_done():
+    import io
+
+    from transferkit.console import PlainProgress
+
+    stream = io.StringIO()
+    progress = PlainProgress(4, "image", stream)
+    progress.update(2)
+    assert stream.getvalue() == ""
+    progress.update(4)
+    progress.update(4)
+    assert stream.getvalue().startswith("4 images in ")
+    assert stream.getvalue().count("\n") == 1
+
+
+def test_a_terminal_gets_keras_progress_bar(monkeypatch):
+    import keras
+
+    from transferkit.console import progress_bar
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert isinstance(progress_bar(3), keras.utils.Progbar)
+
+
+def test_a_failed_download_leaves_no_download_notice(monkeypatch):
+    import io
+
+    import pytest
+
+    from transferkit.console import download_notice_kept_on_success
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", stream)
+    with pytest.raises(OSError), download_notice_kept_on_success():
+        print("Downloading data from https://example.invalid/weights.h5")
+        raise OSError("URL fetch failure")
+    assert sys.stdout is stream
+    assert stream.getvalue() == ""
+
+
+def test_a_download_under_way_shows_its_notice_before_its_progress(monkeypatch):
+    import io
+
+    from transferkit.console import download_notice_kept_on_success
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", stream)
+    with download_notice_kept_on_success():
+        print("Downloading data from https://example.invalid/weights.h5")
+        print("1/1 done")
+    assert stream.getvalue() == ("Downloading data from https://example.invalid/weights.h5\n"
+                                 "1/1 done\n")

@@ -100,3 +100,16 @@ def test_pretrained_features_differ_from_random_ones(rng_images):
     )
     assert not np.allclose(pretrained, random, atol=1e-3)
 
+
+
+@needs_shared_weights
+def test_mobilenet_at_a_size_without_its_own_weights_file_warns_nothing():
+    import warnings
+
+    from transferkit.backbones import build_backbone
+
+    # Keras warns that the 224 weights are loaded; without the top they fit any size.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_backbone("MobileNet", input_size=96, backbone_kwargs={"alpha": 0.25})
+    assert [str(w.message) for w in caught if "input_shape" in str(w.message)] == []

@@ -21,6 +21,7 @@ import inspect
 import numbers
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .advice import advised
 from .backbone_table import BACKBONES, describes_installed_keras
+from .console import download_notice_kept_on_success
 from .weights_files import load_weights_file, resolve_weights
 
 if TYPE_CHECKING:
@@ -444,13 +446,19 @@ def _construct(
     else:
         input_shape = (height, width, 3)
     try:
-        return spec.constructor(
-            include_top=False,
-            weights=weights,
-            input_shape=input_shape,
-            pooling=None,
-            **kwargs,
-        )
+        with warnings.catch_warnings(), download_notice_kept_on_success():
+            # MobileNet's constructors warn at any size but 128/160/192/224 that the 224
+            # weights are loaded: right without the top, whose convolutions take any size.
+            warnings.filterwarnings(
+                "ignore", message=r"`input_shape` is undefined or non-square", category=UserWarning
+            )
+            return spec.constructor(
+                include_top=False,
+                weights=weights,
+                input_shape=input_shape,
+                pooling=None,
+                **kwargs,
+            )
     except WeightsUnavailableError:
         raise
     except ValueError as err:

@@ -7,6 +7,12 @@ of them ignore ``TF_CPP_MIN_LOG_LEVEL``. transferkit imports Keras lazily, so it
 that one import: a one-shot import hook runs TensorFlow's module code with descriptor 2
 pointed at ``/dev/null``. Python exceptions still propagate (and print) once it is restored.
 
+Progress bars are drawn only on a terminal (or in a notebook): redirected to a file, a log or a
+documentation build, :func:`progress_bar` writes one plain line when the work is done instead
+of carriage returns and ANSI colour codes. :func:`download_notice_kept_on_success` keeps Keras'
+"Downloading data from ..." line out of the console when the download fails, where
+transferkit's own error says what happened and what to do.
+
 A user who sets ``TF_CPP_MIN_LOG_LEVEL`` themselves has asked for TensorFlow's own output and
 gets it untouched; ``TF_CPP_MIN_LOG_LEVEL=0`` shows everything. The level transferkit sets
 itself is marked as its own, so that worker processes (joblib's, for ``GridSearchCV(n_jobs=2)``),
@@ -20,10 +26,17 @@ import importlib.util
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, TextIO
 
-__all__ = ["install_quiet_tensorflow_import", "quiet_tensorflow_unless_asked"]
+__all__ = [
+    "download_notice_kept_on_success",
+    "install_quiet_tensorflow_import",
+    "progress_bar",
+    "quiet_tensorflow_unless_asked",
+]
 
 _LOCK = threading.Lock()
 LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
@@ -93,3 +106,115 @@ def quiet_tensorflow_unless_asked() -> None:
     install_quiet_tensorflow_import(user_set_log_level)
     if level is None:
         os.environ[LOG_LEVEL] = os.environ[SET_BY_TRANSFERKIT] = QUIET_LEVEL
+
+
+# ---------------------------------------------------------------------------- progress
+def draws_in_place(stream: Any) -> bool:
+    """Whether ``stream`` shows a line redrawn in place: a terminal, or a notebook's output."""
+    try:
+        if stream.isatty():
+            return True
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+    # Notebooks render carriage returns; their stdout is no terminal.
+    return "ipykernel" in sys.modules and type(stream).__module__.startswith("ipykernel")
+
+
+class PlainProgress:
+    """Progress for a stream that is not a terminal: one plain line when the work is done.
+
+    Parameters
+    ----------
+    total : int
+        Units of work expected.
+    unit_name : str
+        What a unit is, for the line ("image").
+    stream : file-like, default=None
+        Where the line goes; ``sys.stdout`` at the time of writing when None.
+    """
+
+    def __init__(self, total: int, unit_name: str, stream: TextIO | None = None) -> None:
+        self.total, self.unit_name, self.stream = int(total), unit_name, stream
+        self._start = time.perf_counter()
+        self._done = False
+
+    def update(self, current: int) -> None:
+        """Record that ``current`` units are done; write the line when all are."""
+        if self._done or current < self.total:
+            return
+        self._done = True
+        elapsed = time.perf_counter() - self._start
+        per_unit = 1000 * elapsed / max(self.total, 1)
+        stream = sys.stdout if self.stream is None else self.stream
+        units = self.unit_name if self.total == 1 else f"{self.unit_name}s"
+        stream.write(f"{self.total} {units} in {elapsed:.1f} s "
+                     f"({per_unit:.0f} ms/{self.unit_name})\n")
+        stream.flush()
+
+
+def progress_bar(total: int, unit_name: str = "image") -> Any:
+    """A progress bar on a terminal or in a notebook; elsewhere a :class:`PlainProgress`.
+
+    Both have ``update(current)``. Keras' own bar decides by itself that any POSIX system
+    has a terminal, which fills redirected output with redraws and escape codes.
+    """
+    if not draws_in_place(sys.stdout):
+        return PlainProgress(total, unit_name)
+    import keras
+
+    return keras.utils.Progbar(total, unit_name=unit_name)
+
+
+# ---------------------------------------------------------------------------- downloads
+_DOWNLOAD_NOTICE = "Downloading data from "
+
+
+class _HoldsDownloadNotice:
+    """A stdout that holds back Keras' download notice until anything else is written."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._held: list[str] = []
+        self._passing = False
+
+    def write(self, text: str) -> int:
+        # print() writes the line break on its own; it belongs to the notice.
+        if not self._passing and (text.startswith(_DOWNLOAD_NOTICE)
+                                  or (self._held and not text.strip())):
+            self._held.append(text)
+            return len(text)
+        # A progress bar or any other output: the download is under way, say from where.
+        self.release()
+        return self._stream.write(text)
+
+    def release(self) -> None:
+        self._passing = True
+        for text in self._held:
+            self._stream.write(text)
+        self._held.clear()
+
+    def flush(self) -> None:
+        if self._passing:
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def download_notice_kept_on_success() -> Iterator[None]:
+    """Print Keras' "Downloading data from URL" only if the block does not fail.
+
+    When the download fails transferkit raises its own error, which names the URL, the
+    reason and the ways out; Keras' notice before it would only repeat the URL.
+    """
+    real = sys.stdout
+    holding = _HoldsDownloadNotice(real)
+    sys.stdout = holding
+    try:
+        yield
+    except BaseException:
+        sys.stdout = real
+        raise
+    sys.stdout = real
+    holding.release()

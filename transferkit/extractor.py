@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .cache import fingerprint, image_keys, model_memo, resolve_cache, weights_identity
+from .console import progress_bar
 from .image_input import as_image_collection
 from .keras_setup import PRECISIONS, default_batch_size, is_keras_model
 from .network import POOLINGS, build_feature_network, make_forward, run_batches
@@ -75,7 +76,8 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         ``None`` picks 8 on a CPU, where small batches stay in cache and run faster per
         image, and 32 when TensorFlow sees a GPU.
     verbose : int, default=0
-        ``1`` or more shows a progress bar during ``transform``.
+        ``1`` or more shows a progress bar during ``transform`` on a terminal (or in a
+        notebook); where the output is redirected, one plain line when it is done.
     random_state : int, RandomState instance or None, default=None
         Seeds the random initial weights when ``weights=None``, so repeated fits give
         identical features.
@@ -370,11 +372,7 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
 
         Rows of images that failed to load (``on_error="nan"``) are set to NaN.
         """
-        progbar = None
-        if self.verbose:
-            import keras
-
-            progbar = keras.utils.Progbar(len(images), unit_name="image")
+        progbar = progress_bar(len(images), unit_name="image") if self.verbose else None
         run_batches([self._forward], images, self.source_size_,
                     self.batch_size or default_batch_size(), on_error=self.on_error,
                     progress=progbar, into=[out])
