@@ -9,7 +9,9 @@ the images, or on a second folder of the same layout given with ``--val``.
 The list of image paths goes straight into the pipeline: images are decoded batch by batch,
 so a folder of any size fits in memory.
 
-    python examples/classify_folder.py hymenoptera_data/train --val hymenoptera_data/val
+.. code-block:: bash
+
+   python examples/classify_folder.py hymenoptera_data/train --val hymenoptera_data/val
 """
 
 from __future__ import annotations

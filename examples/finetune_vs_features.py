@@ -13,7 +13,9 @@ The same images, the same MobileNet, two ways:
 Takes a folder with ``train/`` and ``val/`` sub-folders, each with one sub-folder per class,
 such as the hymenoptera data set (ants and bees).
 
-    python examples/finetune_vs_features.py hymenoptera_data
+.. code-block:: bash
+
+   python examples/finetune_vs_features.py hymenoptera_data
 """
 
 from __future__ import annotations

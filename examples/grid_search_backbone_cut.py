@@ -11,7 +11,9 @@ Runs offline on scikit-learn's bundled digits. Backbones whose ImageNet weights 
 obtained are left out, with a note; with ``--weights none`` every backbone runs with random
 weights (fast, and fine for trying the mechanics, not for comparing backbones).
 
-    python examples/grid_search_backbone_cut.py
+.. code-block:: bash
+
+   python examples/grid_search_backbone_cut.py
 """
 
 from __future__ import annotations

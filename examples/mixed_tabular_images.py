@@ -11,7 +11,9 @@ The data are built offline from scikit-learn's digits: each digit is written to 
 and the table gets two numeric columns, a noisy hint of the label (``hint``) and pure noise
 (``noise``). The script compares the numbers alone, the images alone and both together.
 
-    python examples/mixed_tabular_images.py
+.. code-block:: bash
+
+   python examples/mixed_tabular_images.py
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ To also fine-tune on a folder of classes and explain a prediction with Grad-CAM:
    python examples/plot_activations.py --folder hymenoptera_data/train --out-dir pictures
 """
 
+# One picture under the other, each at full width, where the gallery shows them.
+# sphinx_gallery_multi_image = "single"
+
 from __future__ import annotations
 
 import argparse

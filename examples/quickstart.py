@@ -9,7 +9,9 @@ can obtain them (downloaded once into ``$KERAS_HOME/models``, by default ``~/.ke
 and otherwise says so and falls back to random weights: the pipeline is the same, the
 accuracy is lower.
 
-    python examples/quickstart.py
+.. code-block:: bash
+
+   python examples/quickstart.py
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def make_extractor(input_size: int) -> KerasFeatureExtractor:
 
 
 def main(argv: list[str] | None = None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="Pretrained ConvNet features + logistic regression on the digits.")
     parser.add_argument("--n-images", type=int, default=None,
                         help="use only the first N digits (for a fast smoke run)")
     parser.add_argument("--input-size", type=int, default=96,

@@ -8,7 +8,9 @@ back, ready to predict, in another process and without network access.
 
 Loading a pickle runs code stored in the file: only load models from sources you trust.
 
-    python examples/save_and_load.py
+.. code-block:: bash
+
+   python examples/save_and_load.py
 """
 
 from __future__ import annotations
