@@ -66,7 +66,7 @@ sphinx_gallery_conf = {
     "gallery_dirs": "auto_examples",
     "plot_gallery": "True",
     "filename_pattern": "/" if (HYMENOPTERA / "train").is_dir()
-    else rf"/(?!({'|'.join(NEEDS_IMAGES)})\.py)",
+    else rf"/(?!({'|'.join(NEEDS_IMAGES)})\.py$)[^/]+$",
     # A name, not the function: Sphinx caches its configuration only if it pickles.
     "reset_argv": "gallery_settings.gallery_argv",
     "download_all_examples": False,

@@ -55,8 +55,10 @@ _ARGS = {
                         "--n-per-class", "30", "--input-size", "96"],
     "finetune_vs_features": [str(HYMENOPTERA), "--n-per-class", "12", "--epochs", "1",
                              "--input-size", "96"],
+    # Without weights the example stops and asks for --weights none; the gallery does that.
     "grid_search_backbone_cut": ["--backbones", "MobileNet", "--n-images", "150",
-                                 "--input-size", "32", "--cv", "2"],
+                                 "--input-size", "32", "--cv", "2"]
+    + ([] if SHARED_MODELS.is_dir() else ["--weights", "none"]),
     "mixed_tabular_images": ["--n-images", "400", "--input-size", "96"],
     "plot_activations": ["--out-dir", str(PICTURES), "--input-size", "224"]
     + (["--folder", str(HYMENOPTERA / "train"), "--n-per-class", "12", "--epochs", "1"]
