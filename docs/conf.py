@@ -21,7 +21,12 @@ sys.path.insert(0, str(REPO))
 import transferkit  # noqa: E402
 
 sys.path.insert(0, str(DOCS))
-from gallery_settings import HYMENOPTERA, NEEDS_IMAGES, use_shared_data  # noqa: E402
+from gallery_settings import (  # noqa: E402
+    HYMENOPTERA,
+    NEEDS_IMAGES,
+    use_shared_data,
+    write_pictures_include,
+)
 
 use_shared_data()
 
@@ -82,3 +87,8 @@ html_theme_options = {
 }
 html_static_path: list[str] = []
 html_show_sourcelink = False
+
+
+def setup(app: object) -> None:
+    # After sphinx-gallery's own builder-inited handler (priority 500), which runs the examples.
+    app.connect("builder-inited", write_pictures_include, priority=900)  # type: ignore[attr-defined]

@@ -70,3 +70,33 @@ _ARGS = {
 def gallery_argv(gallery_conf: dict, script_vars: dict) -> list[str]:
     """The command line an example runs with in the gallery."""
     return _ARGS.get(Path(script_vars["src_file"]).stem, [])
+
+
+# The pictures plot_activations draws, for docs/visualisation.rst, with what each shows.
+PICTURES_PAGE_IMAGES = (
+    ("sphx_glr_plot_activations_001.png",
+     "The flower photograph as MobileNet sees it, beside the six most active channels of "
+     "three layers, early to late."),
+    ("sphx_glr_plot_activations_002.png",
+     "Grad-CAM of a FineTunedClassifier trained on a few hymenoptera images: the evidence "
+     "for its prediction, within the part of the image it sees."),
+)
+
+
+def write_pictures_include(app: object) -> None:
+    """Write auto_examples/pictures.txt, which docs/visualisation.rst includes.
+
+    Runs after the gallery is generated: it shows the pictures the examples drew in this
+    build, or says why there are none, so the page builds either way.
+    """
+    gallery = Path(app.srcdir) / "auto_examples"  # type: ignore[attr-defined]
+    lines = []
+    for name, caption in PICTURES_PAGE_IMAGES:
+        if (gallery / "images" / name).is_file():
+            lines += [f".. figure:: /auto_examples/images/{name}", "   :width: 100%", "",
+                      f"   {caption}", ""]
+    if not lines:
+        lines = ["The pictures appear here when the build runs the gallery's examples "
+                 "(this one did not: ``plot_gallery`` was off).", ""]
+    gallery.mkdir(parents=True, exist_ok=True)
+    (gallery / "pictures.txt").write_text("\n".join(lines))
