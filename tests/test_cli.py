@@ -32,16 +32,21 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, cwd=cwd)
 
 
+def _class_folders(root, n_per_class: int, seed: int):
+    """ROOT/dark/ and ROOT/bright/: ``n_per_class`` 36-pixel noise PNGs each."""
+    rng = np.random.default_rng(seed)
+    for label, low in (("dark", 0), ("bright", 160)):
+        (root / label).mkdir()
+        for i in range(n_per_class):
+            pixels = rng.integers(low, low + 96, size=(36, 36, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{label}_{i}.png")
+    return root
+
+
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     """FOLDER/<class>/<png>: dark and bright images, 8 of each class."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for label, low in (("dark", 0), ("bright", 160)):
-        (root / label).mkdir()
-        for i in range(8):
-            pixels = rng.integers(low, low + 96, size=(36, 36, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / label / f"{label}_{i}.png")
+    root = _class_folders(tmp_path_factory.mktemp("images"), 8, seed=0)
     (root / "dark" / "notes.txt").write_text("not an image; skipped by suffix")
     return root
 
@@ -538,13 +543,7 @@ def test_missing_imagenet_weights_offline_suggest_weights_options(image_folder, 
 @pytest.fixture(scope="module")
 def untidy_folder(tmp_path_factory):
     """FOLDER/<class>/: PNGs, with a text file, a GIF placeholder and a fake JPEG among them."""
-    root = tmp_path_factory.mktemp("untidy")
-    rng = np.random.default_rng(1)
-    for label, low in (("dark", 0), ("bright", 160)):
-        (root / label).mkdir()
-        for i in range(10):
-            pixels = rng.integers(low, low + 96, size=(36, 36, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / label / f"{label}_{i}.png")
+    root = _class_folders(tmp_path_factory.mktemp("untidy"), 10, seed=1)
     (root / "dark" / "notes.txt").write_text("not an image")
     Image.new("RGB", (36, 36), "white").save(root / "dark" / "placeholder.gif")
     (root / "bright" / "broken.jpg").write_text("not a JPEG either")
