@@ -584,6 +584,8 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         -------
         self : FineTunedClassifier
         """
+        from .augmentation import framings  # defines Keras layers: see _augmentations
+
         self._check_parameters()
         images = as_image_collection(X)
         y = _check_labels(y, len(images))
@@ -637,15 +639,13 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
             # (the pixels are the same, bit for bit) while they fit in memory.
             images = images.held_in_memory(self.source_size_, self.batch_size,
                                            _DECODED_PIXELS_MAX_BYTES)
-        from .augmentation import framings
-
         candidates = framings(self.crop_fraction)
         frozen = frozen_pass(network, images, n_views, self.cached_, settings, seeds["shuffle"],
                              {f: reframed(network, f).frozen_net for f in candidates[1:]})
         # 0. Which framing predict sees (crop_fraction="auto"): the one a linear probe on
         #    the training part's central views separates best.
         framing, framing_losses = choose_framing(
-            {f: frozen.framed(f).features[train_idx] for f in candidates},
+            {f: frozen.features_at(f)[train_idx] for f in candidates},
             y_code[train_idx], _unit_mean(weight[train_idx]), len(classes), seeds["split"],
             self._log)
         frozen = frozen.framed(framing)

@@ -165,14 +165,16 @@ class FrozenPass:
     framing: float
     other_framings: dict = field(default_factory=dict)
 
+    def features_at(self, framing: float) -> np.ndarray:
+        """Pooled features of the central views at ``framing`` (one the pass computed)."""
+        return self.features if framing == self.framing else self.other_framings[framing][1]
+
     def framed(self, framing: float) -> FrozenPass:
-        """The same pass with the central views of ``framing`` (one it computed)."""
-        if framing == self.framing:
-            return self
-        framings = {**self.other_framings, self.framing: (self.central, self.features)}
-        central, features = framings.pop(framing)
+        """The pass with the central views of ``framing`` only: the others are let go."""
+        central, features = ((self.central, self.features) if framing == self.framing
+                             else self.other_framings[framing])
         return replace(self, central=central, features=features, framing=framing,
-                       other_framings=framings)
+                       other_framings={})
 
     def head_rows(self, rows: np.ndarray, views: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Head features of the images at ``rows`` (central crops, then each view unless
