@@ -352,7 +352,10 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         no epochs: its ``"seconds"`` holds the time of the fit, ``"views"`` the number of
         rows per training image it learned from (1 + ``head_views``), ``"C"`` the inverse
         penalty chosen by cross-validation (the refit reuses it), and
-        ``"initial_val_loss"`` the validation loss of the fitted head. Then
+        ``"initial_val_loss"`` the validation loss of the fitted head. With
+        ``crop_fraction="auto"``, ``"framing"``: the ``"crop_fraction"`` chosen and the
+        ``"cv_log_loss"`` of each framing (absent when a class was too small to
+        cross-validate, and the central crop was kept). Then
         ``"kept_epochs"``: the fine-tuning epochs the final weights went through (0:
         the head alone), and ``"summary"``: one line saying which weights were kept and
         why, which ``verbose`` fits also log.
