@@ -23,6 +23,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -446,7 +447,8 @@ def _construct(
     else:
         input_shape = (height, width, 3)
     try:
-        with warnings.catch_warnings(), download_notice_kept_on_success():
+        downloads = download_notice_kept_on_success() if weights == "imagenet" else nullcontext()
+        with warnings.catch_warnings(), downloads:
             # MobileNet's constructors warn at any size but 128/160/192/224 that the 224
             # weights are loaded: right without the top, whose convolutions take any size.
             warnings.filterwarnings(

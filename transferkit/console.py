@@ -167,6 +167,7 @@ def progress_bar(total: int, unit_name: str = "image") -> Any:
 
 # ---------------------------------------------------------------------------- downloads
 _DOWNLOAD_NOTICE = "Downloading data from "
+_STDOUT_LOCK = threading.Lock()
 
 
 class _HoldsDownloadNotice:
@@ -208,13 +209,16 @@ def download_notice_kept_on_success() -> Iterator[None]:
     When the download fails transferkit raises its own error, which names the URL, the
     reason and the ways out; Keras' notice before it would only repeat the URL.
     """
-    real = sys.stdout
-    holding = _HoldsDownloadNotice(real)
-    sys.stdout = holding
-    try:
-        yield
-    except BaseException:
+    # One block at a time: two threads swapping sys.stdout in turn could leave a wrapper
+    # in place of the real stream.
+    with _STDOUT_LOCK:
+        real = sys.stdout
+        holding = _HoldsDownloadNotice(real)
+        sys.stdout = holding
+        try:
+            yield
+        except BaseException:
+            sys.stdout = real
+            raise
         sys.stdout = real
-        raise
-    sys.stdout = real
-    holding.release()
+        holding.release()
