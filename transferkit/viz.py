@@ -701,7 +701,10 @@ class GradCAMDisplay:
     Attributes
     ----------
     figure_ : matplotlib.figure.Figure
+        The figure drawn on (set by :meth:`plot`).
     ax_ : matplotlib.axes.Axes
+        The Axes with the image, the heat map and, when the classifier sees only part of
+        the image, the outline of that part.
     predicted_ : label
         The predicted class.
     """
@@ -738,7 +741,7 @@ class GradCAMDisplay:
                 f"(p = {self.probabilities[self.target]:.2f})"
         if self.target == predicted:
             return f"predicted {self.classes[predicted]!r} (p = " \
-                   f"{self.probabilities[predicted]:.2f}); Grad-CAM shows the evidence for it"
+                   f"{self.probabilities[predicted]:.2f}); the heat map shows its evidence"
         return f"{shown}; predicted {self.classes[predicted]!r} " \
                f"(p = {self.probabilities[predicted]:.2f})"
 
