@@ -52,7 +52,8 @@ def use_shared_data() -> None:
 _ARGS = {
     "quickstart": ["--n-images", "400", "--input-size", "64"],
     "classify_folder": [str(HYMENOPTERA / "train"), "--val", str(HYMENOPTERA / "val"),
-                        "--n-per-class", "30", "--input-size", "96"],
+                        "--n-per-class", "30", "--input-size", "96",
+                        "--confusion-matrix", str(PICTURES / "confusion_matrix.png")],
     "finetune_vs_features": [str(HYMENOPTERA), "--n-per-class", "12", "--epochs", "1",
                              "--input-size", "96"],
     # Without weights the example stops and asks for --weights none; the gallery does that.

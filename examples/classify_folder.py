@@ -12,6 +12,13 @@ so a folder of any size fits in memory.
 .. code-block:: bash
 
    python examples/classify_folder.py hymenoptera_data/train --val hymenoptera_data/val
+
+To score on a held-out quarter of the folder instead, and also save a picture of the
+confusion matrix (with matplotlib installed):
+
+.. code-block:: bash
+
+   python examples/classify_folder.py hymenoptera_data/train --confusion-matrix cm.png
 """
 
 from __future__ import annotations
@@ -68,6 +75,8 @@ def main(argv: list[str] | None = None) -> float:
                         help="use at most N images per class (for a fast smoke run)")
     parser.add_argument("--input-size", type=int, default=224,
                         help="side the images are resized to (default 224)")
+    parser.add_argument("--confusion-matrix", type=Path, default=None, metavar="PNG",
+                        help="also save a picture of the confusion matrix (needs matplotlib)")
     args = parser.parse_args(argv)
 
     paths, labels = read_folder(args.folder, args.n_per_class)
@@ -90,6 +99,12 @@ def main(argv: list[str] | None = None) -> float:
     accuracy = pipe.score(val_paths, val_labels)
     print(f"validation accuracy {accuracy:.3f} on {len(val_paths)} images "
           f"({len(train_paths)} training images)")
+    if args.confusion_matrix is not None:
+        from sklearn.metrics import ConfusionMatrixDisplay
+
+        matrix = ConfusionMatrixDisplay.from_predictions(val_labels, predicted, cmap="Blues")
+        matrix.ax_.set_title(f"{len(val_paths)} validation images: true class by row")
+        matrix.figure_.savefig(args.confusion_matrix, dpi=110)
     return accuracy
 
 

@@ -43,6 +43,14 @@ def test_classify_folder_reports_validation_accuracy_on_hymenoptera():
     assert float(last.split()[2]) > 0.5  # two classes: chance is 0.5
 
 
+@needs_hymenoptera
+def test_classify_folder_saves_a_confusion_matrix_when_asked(tmp_path):
+    result = run_example("classify_folder.py", str(HYMENOPTERA / "train"), "--n-per-class", "8",
+                         "--input-size", "96", "--confusion-matrix", str(tmp_path / "cm.png"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "cm.png").stat().st_size > 0
+
+
 def test_grid_search_prints_a_ranked_table_of_backbones_and_cuts():
     result = run_example("grid_search_backbone_cut.py", "--backbones", "VGG16",
                          "--weights", "none", "--n-images", "90", "--input-size", "32",
