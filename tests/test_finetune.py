@@ -352,33 +352,80 @@ def test_default_training_crops_flips_and_gives_the_head_augmented_views(data):
     assert without_views.history_["head"]["views"] == 1
 
 
-def test_head_phase_loads_each_training_image_once_for_all_its_views(tmp_path, data,
-                                                                     monkeypatch):
-    from collections import Counter
-
-    from transferkit import image_input
-
-    X, y = data
-    paths = []
-    for i, image in enumerate(X):
-        paths.append(str(tmp_path / f"{i}.png"))
-        Image.fromarray(image).save(paths[-1])
-    loads = Counter()
-    load_image = image_input.load_image
-    monkeypatch.setattr(image_input, "load_image",
-                        lambda path, size=None: loads.update([path]) or load_image(path, size))
-    clf = tiny(augment=("crop", "flip"), head_init="logistic", head_views=3, epochs=0,
-               early_stopping=False).fit(paths, y)
-    assert clf.history_["head"]["views"] == 4
-    assert sorted(loads) == sorted(paths) and set(loads.values()) == {1}
-
-
 def _png_paths(folder, images) -> list[str]:
     paths = []
     for i, image in enumerate(images):
         paths.append(str(folder / f"{i}.png"))
         Image.fromarray(image).save(paths[-1])
     return paths
+
+
+def _head_that_finds_the_views(helpful: bool):
+    """The logistic head, with its verdict on the views forced to ``helpful``."""
+    from transferkit import finetune
+
+    real = finetune.fit_logistic_head
+
+    def head(*args, **kwargs):
+        history = real(*args, **kwargs)
+        features, groups = args[1], args[4]
+        history["views"] = len(features) // len(np.unique(groups)) if helpful else 1
+        return history
+
+    return head
+
+
+@pytest.mark.parametrize("helpful", [False, True], ids=["views_hurt", "views_help"])
+def test_the_head_decides_on_two_views_before_the_others_are_drawn_from_one_decoding(
+        tmp_path, data, monkeypatch, helpful):
+    from collections import Counter
+
+    from transferkit import finetune, image_input
+
+    X, y = data
+    paths = _png_paths(tmp_path, X)
+    loads, drawn_later = Counter(), []
+    load_image = image_input.load_image
+    monkeypatch.setattr(image_input, "load_image",
+                        lambda path, size=None: loads.update([path]) or load_image(path, size))
+    monkeypatch.setattr(finetune, "fit_logistic_head", _head_that_finds_the_views(helpful))
+    more_views = finetune.more_views
+    monkeypatch.setattr(finetune, "more_views",
+                        lambda *a, **k: drawn_later.append(a[3]) or more_views(*a, **k))
+    clf = tiny(augment=("crop", "flip"), head_init="logistic", head_views=5, epochs=0,
+               early_stopping=False).fit(paths, y)
+    head = clf.history_["head"]
+    if helpful:  # the other 3 views drawn, and the head fitted again on all 5
+        assert drawn_later == [3] and head["views"] == 6 and "views_tried" not in head
+    else:
+        assert drawn_later == [] and head["views"] == 1 and head["views_tried"] == 2
+    # Either way each image was decoded once: the second pass reads the decoded pixels.
+    assert sorted(loads) == sorted(paths) and set(loads.values()) == {1}
+
+
+def test_views_drawn_later_are_new_draws_in_the_bank_one_pass_would_make(data):
+    from transferkit.image_input import as_image_collection
+    from transferkit.training import PhaseSettings, frozen_pass, more_views
+
+    X, y = data
+    images = as_image_collection(X)
+    seeds = {"init": 0, "dropout": 1, "augment": 2, "split": 3, "shuffle": 4}
+
+    def network():
+        clf = tiny(augment=("crop", "flip"), head_init="logistic", head_views=4)
+        clf._build(None, 2, seeds)
+        return clf._network, PhaseSettings(8, clf.source_size_, 3, lambda message: None)
+
+    staged, settings = network()
+    first = frozen_pass(staged, images, 2, True, settings, seed=5)
+    grown = more_views(first, staged, images, 2, settings, seed=5)
+    assert len(grown.view_features) == 4 and grown.bank.views.shape[0] == 4
+    np.testing.assert_array_equal(grown.bank.views[:2], first.bank.views)
+    for later in grown.view_features[2:]:  # the augmentation went on, it did not restart
+        assert not any(np.allclose(later, earlier) for earlier in grown.view_features[:2])
+    at_once, settings = network()
+    one_pass = frozen_pass(at_once, images, 4, True, settings, seed=5)
+    np.testing.assert_array_equal(grown.bank.offsets, one_pass.bank.offsets)
 
 
 def test_fine_tuning_epochs_decode_each_image_once_and_learn_the_same(tmp_path, data,

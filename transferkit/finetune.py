@@ -43,6 +43,7 @@ from .training import (
     choose_framing,
     fit_logistic_head,
     frozen_pass,
+    more_views,
     train_phase,
 )
 
@@ -58,6 +59,8 @@ _DECODED_PIXELS_MAX_BYTES = 2**30
 # holds 9 views of 4,700 images at MobileNet's 7 x 7 x 256 (alpha 0.25, its last block
 # trained), of 300 at ResNet50's 14 x 14 x 1024. Beyond it, epochs stream the images.
 _FROZEN_ACTIVATIONS_MAX_BYTES = 2**31
+# Augmented views a logistic head's cross-validation tries before the rest are drawn.
+_VIEWS_TO_DECIDE = 2
 
 
 def _unit_mean(weight: np.ndarray) -> np.ndarray:
@@ -255,7 +258,10 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         computed once, so that the head starts the fine-tuning phase fitted to the
         images the fine-tuning phase shows it, not to central crops alone. Costs
         ``head_views`` forward passes of the frozen part over the training images.
-        ``0`` learns from the central crops only.
+        ``0`` learns from the central crops only. A logistic head (``head_init=
+        "logistic"``) learns from the views only where its cross-validation says they
+        help; it decides on 2 views first, and the others are drawn only if those 2
+        helped.
     train_batchnorm : bool, default=False
         By default every BatchNormalization layer stays in inference mode: it
         normalises with the statistics learned on ImageNet, never with those of the
@@ -350,7 +356,9 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         has ``"worse_than_start"``: whether the held-out images scored its last epoch
         clearly worse than the head. With ``head_init="logistic"``, a head entry has
         no epochs: its ``"seconds"`` holds the time of the fit, ``"views"`` the number of
-        rows per training image it learned from (1 + ``head_views``), ``"C"`` the inverse
+        rows per training image it learned from (1 + ``head_views``, or 1 without the
+        views), ``"views_tried"`` (present when the views were dropped before all were
+        drawn) the number of views its cross-validation tried, ``"C"`` the inverse
         penalty chosen by cross-validation (the refit reuses it), and
         ``"initial_val_loss"`` the validation loss of the fitted head. With
         ``crop_fraction="auto"``, ``"framing"``: the ``"crop_fraction"`` chosen and the
@@ -541,6 +549,10 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         held = n_views + len(framings(self.crop_fraction))
         return held * n_images * per_view <= _FROZEN_ACTIVATIONS_MAX_BYTES
 
+    def _decides_views(self) -> bool:
+        """Whether the head's cross-validation decides if the views are learned from."""
+        return self.head_init == "logistic" and self.hidden_units is None
+
     def _fit_head(self, frozen: FrozenPass, rows: np.ndarray, val_rows: np.ndarray | None,
                   y_code: np.ndarray, weight: np.ndarray, epochs: int,
                   rng: np.random.RandomState, settings: PhaseSettings,
@@ -556,7 +568,7 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         w_head = np.tile(_unit_mean(weight[rows]), n_rows)
         val_features = None if val_rows is None else frozen.features[val_rows]
         y_val = None if val_rows is None else y_code[val_rows]
-        if self.head_init == "logistic" and self.hidden_units is None:
+        if self._decides_views():
             return fit_logistic_head(self._network.head, features, y_head, w_head, groups,
                                      val_features, y_val, len(self.classes_),
                                      self._seeds["split"], self._log, C=C)
@@ -637,14 +649,21 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         self.cached_ = self._caches_frozen_activations(n_views, n_images)
         settings = PhaseSettings(self.batch_size, self.source_size_, self.n_iter_no_change,
                                  self._log)
-        if not self.cached_:
-            # Every fine-tuning epoch reads the images again: decode and resize them once
-            # (the pixels are the same, bit for bit) while they fit in memory.
+        # A logistic head's cross-validation decides whether the views help: decide on a
+        # few before paying for all (on the brain MRI and digits sets, where they never
+        # helped, drawing the other views was most of the fit's time).
+        first_views = min(n_views, _VIEWS_TO_DECIDE) if self._decides_views() else n_views
+        if not self.cached_ or first_views < n_views:
+            # Every fine-tuning epoch, or the pass that draws the other views, reads the
+            # images again: decode and resize them once (the pixels are the same, bit for
+            # bit) while they fit in memory.
             images = images.held_in_memory(self.source_size_, self.batch_size,
                                            _DECODED_PIXELS_MAX_BYTES)
         candidates = framings(self.crop_fraction)
-        frozen = frozen_pass(network, images, n_views, self.cached_, settings, seeds["shuffle"],
+        frozen = frozen_pass(network, images, first_views, self.cached_, settings,
+                             seeds["shuffle"],
                              {f: reframed(network, f).frozen_net for f in candidates[1:]})
+        view_network = network  # its augmentation drew the views: more_views goes on with it
         # 0. Which framing predict sees (crop_fraction="auto"): the one a linear probe on
         #    the training part's central views separates best.
         framing, framing_losses = choose_framing(
@@ -665,6 +684,19 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         #    images check that fine-tuning does not clearly hurt.
         head_history = self._fit_head(frozen, train_idx, val_idx, y_code, weight,
                                       self.head_epochs, shuffle_rng, settings)
+        if first_views < n_views:
+            if head_history["views"] > 1:
+                self._log(f"views: the {first_views} augmented views tried helped the head; "
+                          f"drawing the other {n_views - first_views}")
+                frozen = more_views(frozen, view_network, images, n_views - first_views,
+                                    settings, seeds["shuffle"])
+                head_history = self._fit_head(frozen, train_idx, val_idx, y_code, weight,
+                                              self.head_epochs, shuffle_rng, settings)
+            else:
+                head_history["views_tried"] = first_views
+                self._log(f"views: the head did better without the {first_views} augmented "
+                          f"views it tried, so the other {n_views - first_views} were not "
+                          "drawn")
         self.history_ = {"head": head_history}
         if framing_losses is not None:
             self.history_["framing"] = {"crop_fraction": framing, "cv_log_loss": framing_losses}

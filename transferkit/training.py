@@ -29,7 +29,7 @@ from .network import make_forward, run_batches
 
 __all__ = ["HEAD_CS", "AugmentedViewPass", "FrozenPass", "PhaseSettings", "TrainingStep",
            "ViewBank", "choose_framing", "clearly_lower", "fit_logistic_head", "frozen_pass",
-           "train_phase"]
+           "more_views", "train_phase"]
 
 # Inverse L2 strengths tried by the internal cross-validation of head_init="logistic".
 HEAD_CS = np.logspace(-3, 2, 11)
@@ -199,6 +199,24 @@ class FrozenPass:
         return images.take(rows) if self.central is None else self.central[rows]
 
 
+def _view_pass(network: Any, keep_views: bool) -> Any:
+    return make_forward(AugmentedViewPass(network.augment_net, network.prefix,
+                                          None if keep_views else network.pooled_net))
+
+
+def _pooled(network: Any, settings: PhaseSettings) -> Callable[[np.ndarray], np.ndarray]:
+    pooled = make_forward(network.pooled_net)
+    return lambda activations: run_batches([pooled], activations, settings.source_size,
+                                           settings.batch_size)[0]
+
+
+def _view_bank(views: np.ndarray, seed: int) -> ViewBank:
+    # Offsets depend on the seed and the number of views only: a bank grown by more_views
+    # is the bank one pass drawing every view at once would have made.
+    offsets = np.random.RandomState(seed).randint(0, views.shape[0], size=views.shape[1])
+    return ViewBank(views, offsets)
+
+
 def frozen_pass(network: Any, images: ImageCollection, n_views: int, cached: bool,
                 settings: PhaseSettings, seed: int,
                 other_frozen_nets: dict[float, Any] | None = None) -> FrozenPass:
@@ -208,27 +226,22 @@ def frozen_pass(network: Any, images: ImageCollection, n_views: int, cached: boo
     drawn by its augmentation, one per image per view, in the same loading of the images
     as the central views. ``other_frozen_nets`` maps other framings to the frozen network
     of their central view, run in that same loading too (see :meth:`FrozenPass.framed`).
+    :func:`more_views` draws more views later.
     """
     size, batch = settings.source_size, settings.batch_size
     keep_views = cached and n_views > 0
-    view_pass = make_forward(AugmentedViewPass(network.augment_net, network.prefix,
-                                               None if keep_views else network.pooled_net))
+    view_pass = _view_pass(network, keep_views)
     others = dict(other_frozen_nets or {})
     central, *rest = run_batches(
         [make_forward(network.frozen_net, size),
          *[make_forward(net, size) for net in others.values()], *[view_pass] * n_views],
         images, size, batch)
     other_centrals, views = rest[:len(others)], rest[len(others):]
-    pooled = make_forward(network.pooled_net)
-
-    def pool(activations: np.ndarray) -> np.ndarray:
-        return run_batches([pooled], activations, size, batch)[0]
-
+    pool = _pooled(network, settings)
     bank = None
     if keep_views:
         view_features = [pool(view) for view in views]
-        offsets = np.random.RandomState(seed).randint(0, n_views, size=len(central))
-        bank = ViewBank(np.stack(views), offsets)
+        bank = _view_bank(np.stack(views), seed)
     else:
         view_features = views
     del views
@@ -238,6 +251,28 @@ def frozen_pass(network: Any, images: ImageCollection, n_views: int, cached: boo
                       for framing, other in zip(others, other_centrals, strict=True)}
     return FrozenPass(central if cached else None, features, view_features, bank, cached,
                       network.framing, other_framings)
+
+
+def more_views(frozen: FrozenPass, network: Any, images: ImageCollection, n_more: int,
+               settings: PhaseSettings, seed: int) -> FrozenPass:
+    """``frozen`` with ``n_more`` more augmented views of every image.
+
+    ``network`` must be the one whose augmentation drew ``frozen``'s views (not a
+    :func:`~transferkit.finetune_network.reframed` copy): its random generators go on
+    from where they stopped, so the new views are new draws, not repeats of the first.
+    ``seed`` is the one ``frozen_pass`` was given.
+    """
+    if n_more <= 0:
+        return frozen
+    keep_views = frozen.bank is not None
+    views = run_batches([_view_pass(network, keep_views)] * n_more, images,
+                        settings.source_size, settings.batch_size)
+    if not keep_views:
+        return replace(frozen, view_features=[*frozen.view_features, *views])
+    pool = _pooled(network, settings)
+    view_features = [*frozen.view_features, *(pool(view) for view in views)]
+    bank = _view_bank(np.concatenate([frozen.bank.views, np.stack(views)]), seed)
+    return replace(frozen, view_features=view_features, bank=bank)
 
 
 def clearly_lower(losses: np.ndarray, reference: np.ndarray) -> bool:
