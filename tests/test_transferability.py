@@ -130,3 +130,41 @@ def test_logme_scorer_refuses_an_estimator_without_transform():
 
     with pytest.raises(TypeError, match="LogisticRegression has no transform"):
         logme_scorer(LogisticRegression(), np.ones((4, 2)), [0, 1, 0, 1])
+
+
+def hymenoptera_cut_table():
+    """LogME of each MobileNet 0.25 cut on the hymenoptera train images, beside a linear
+    probe's accuracy on val (LogisticRegression on train features)."""
+    from scipy.stats import spearmanr
+    from sklearn.linear_model import LogisticRegression
+
+    from .conftest import SHARED_MODELS, image_paths
+
+    train, train_labels = image_paths("train")
+    val, val_labels = image_paths("val")
+    extractor = transferkit.KerasFeatureExtractor(
+        "MobileNet", backbone_kwargs={"alpha": 0.25}, input_size=128,
+        weights=SHARED_MODELS / "mobilenet_2_5_224_tf_no_top.h5")
+    ranking = rank_transferability(extractor, train, train_labels,
+                                   param_grid={"cut": transferkit.list_cut_points("MobileNet")})
+    accuracies = []
+    for cut in ranking["cut"]:
+        fitted = transferkit.KerasFeatureExtractor(**{**extractor.get_params(), "cut": cut})
+        probe = LogisticRegression(max_iter=5000).fit(fitted.fit_transform(train), train_labels)
+        accuracies.append(probe.score(fitted.transform(val), val_labels))
+    ranking["probe_accuracy"] = accuracies
+    return ranking, spearmanr(ranking["logme"], ranking["probe_accuracy"]).statistic
+
+
+@pytest.mark.slow
+def test_logme_ranks_mobilenet_cuts_as_linear_probes_do_on_hymenoptera():
+    pytest.importorskip("pandas")
+    from .conftest import needs_hymenoptera, needs_shared_weights
+
+    for mark in (needs_hymenoptera, needs_shared_weights):
+        if mark.args[0]:
+            pytest.skip(mark.kwargs["reason"])
+    ranking, rho = hymenoptera_cut_table()
+    print(ranking[["cut", "n_features", "logme", "probe_accuracy", "features_seconds",
+                   "score_seconds"]].to_string(), f"\nSpearman {rho:.3f}")
+    assert rho > 0
