@@ -93,8 +93,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     by_depth = list_cut_points("MobileNet")
     logme_by_cut = dict(zip(ranking["cut"], ranking["logme"], strict=True))
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5), sharex=True)
-    left.bar(range(len(by_depth)), [logme_by_cut[cut] for cut in by_depth])
-    left.set_ylim(min(logme_by_cut.values()) * 1.05, max(logme_by_cut.values()) * 0.95)
+    # LogME is negative: bars rise from just below the lowest score, so higher is taller.
+    floor = min(logme_by_cut.values()) - 0.02
+    left.bar(range(len(by_depth)), [logme_by_cut[cut] - floor for cut in by_depth],
+             bottom=floor)
     left.set_title("LogME on the training images")
     right.bar(range(len(by_depth)), [accuracy[cut] for cut in by_depth], color="tab:orange")
     right.set_ylim(min(accuracy.values()) - 0.05, 1.0)
