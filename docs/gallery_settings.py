@@ -16,7 +16,7 @@ SHARED = REPO.parent / "shared"
 SHARED_MODELS = SHARED / "keras_home" / "models"
 HYMENOPTERA = SHARED / "datasets" / "hymenoptera_data"
 # Examples that need a folder of classes; without hymenoptera they are shown, not run.
-NEEDS_IMAGES = ("classify_folder", "finetune_vs_features")
+NEEDS_IMAGES = ("classify_folder", "finetune_vs_features", "rank_cuts_with_logme")
 PICTURES = Path(tempfile.mkdtemp(prefix="transferkit-docs-pictures-"))
 
 
@@ -64,6 +64,8 @@ _ARGS = {
     "plot_activations": ["--out-dir", str(PICTURES), "--input-size", "224"]
     + (["--folder", str(HYMENOPTERA / "train"), "--n-per-class", "12", "--epochs", "1"]
        if (HYMENOPTERA / "train").is_dir() else []),
+    "rank_cuts_with_logme": [str(HYMENOPTERA), "--n-per-class", "20", "--input-size", "96",
+                             "--top", "2", "--epochs", "1"],
     "save_and_load": ["--n-images", "150", "--input-size", "32"],
 }
 

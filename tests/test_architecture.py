@@ -25,6 +25,7 @@ LAYERS = [
     {"finetune_network", "training"},
     {"persistence"},
     {"extractor", "finetune"},
+    {"transferability"},
     {"viz", "workers", "dask", "spark", "cli"},
 ]
 LEVEL = {module: level for level, row in enumerate(LAYERS) for module in row}

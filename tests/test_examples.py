@@ -72,6 +72,19 @@ def test_finetune_vs_features_scores_both_ways():
     assert "fine-tuning (FineTunedClassifier): validation accuracy" in result.stdout
 
 
+@pytest.mark.slow
+@needs_hymenoptera
+def test_rank_cuts_with_logme_ranks_searches_and_fine_tunes(tmp_path):
+    picture = tmp_path / "logme.png"
+    result = run_example("rank_cuts_with_logme.py", str(HYMENOPTERA), "--n-per-class", "10",
+                         "--input-size", "96", "--top", "2", "--epochs", "1",
+                         "--picture", str(picture))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "grid search over" in result.stdout
+    assert "fine-tuned at conv_pw_" in result.stdout
+    assert picture.stat().st_size > 0
+
+
 def test_save_and_load_gives_identical_predictions_in_a_new_process():
     result = run_example("save_and_load.py", "--n-images", "100", "--input-size", "32")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -32,6 +32,9 @@ _PUBLIC = {
     "list_backbones": "backbones",
     "list_cut_points": "cut_points",
     "load": "persistence",
+    "logme": "transferability",
+    "logme_scorer": "transferability",
+    "rank_transferability": "transferability",
     "save": "persistence",
 }
 
@@ -45,6 +48,9 @@ __all__ = [
     "list_backbones",
     "list_cut_points",
     "load",
+    "logme",
+    "logme_scorer",
+    "rank_transferability",
     "save",
 ]
 
@@ -54,6 +60,7 @@ if _TYPE_CHECKING:
     from .extractor import KerasFeatureExtractor
     from .finetune import FineTunedClassifier
     from .persistence import FileVersionWarning, ModelFileError, load, save
+    from .transferability import logme, logme_scorer, rank_transferability
 
 
 def __getattr__(name: str) -> _Any:
