@@ -1,5 +1,4 @@
-"""transferkit.viz: activation maps and Grad-CAM as matplotlib Displays, training curves as
-PIL images."""
+"""transferkit.viz: activation maps, Grad-CAM and training curves as matplotlib Displays."""
 
 from __future__ import annotations
 
@@ -349,33 +348,146 @@ def test_grad_cam_needs_a_fitted_classifier(rng_images):
 
 
 # ---------------------------------------------------------------------------- history
-def test_history_plot_has_the_requested_size_and_both_curves(vgg_classifier):
+def _fit_history(*, kept_epochs=3, worse_than_start=False):
+    """A history_ as FineTunedClassifier writes it with early stopping and a logistic head."""
+    finetune = {"loss": [0.6, 0.4, 0.3], "accuracy": [0.7, 0.8, 0.9],
+                "val_loss": [0.55, 0.5, 0.52], "val_accuracy": [0.7, 0.75, 0.75],
+                "initial_val_loss": 0.6, "worse_than_start": worse_than_start,
+                "best_epoch": 2}
+    history = {"head": {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [],
+                        "initial_val_loss": 0.6, "best_epoch": -1},
+               "finetune": finetune, "refit_head": {"loss": [], "best_epoch": -1},
+               "kept_epochs": kept_epochs, "summary": "kept all 3 fine-tuning epochs."}
+    if kept_epochs:
+        history["refit_finetune"] = {"loss": [0.5, 0.35, 0.25], "accuracy": [0.8, 0.85, 0.9],
+                                     "best_epoch": 2}
+    return history
+
+
+def _line_data(ax, colour):
+    import matplotlib.colors as mcolors
+
+    return [line.get_xydata() for line in ax.get_lines() if len(line.get_xdata())
+            and mcolors.same_color(line.get_color(), colour)]
+
+
+def test_history_display_puts_the_phases_with_epochs_on_one_axis():
+    from transferkit.viz import TrainingHistoryDisplay
+
+    display = TrainingHistoryDisplay.from_history(_fit_history())
+    # The logistic heads ran no epochs; fine-tuning is epochs 1-3, its refit 4-6.
+    assert list(display.phases) == ["finetune", "refit_finetune"]
+    assert display.boundaries_ == [3.5]
+    training = _line_data(display.ax_, "tab:blue")
+    assert [xy[:, 0].tolist() for xy in training] == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_history_display_starts_the_validation_loss_where_the_phase_started():
+    from transferkit.viz import TrainingHistoryDisplay
+
+    display = TrainingHistoryDisplay.from_history(_fit_history())
+    (validation,) = _line_data(display.ax_, "tab:orange")
+    assert validation[0].tolist() == [0.5, 0.6]  # initial_val_loss, before epoch 1
+    assert validation[1:, 1].tolist() == [0.55, 0.5, 0.52]
+    (accuracy,) = _line_data(display.axes_[1], "tab:orange")
+    assert accuracy[:, 0].tolist() == [1, 2, 3]  # no accuracy was measured before
+
+
+def _rings(ax):
+    return [tuple(line.get_xydata()[0]) for line in ax.get_lines()
+            if line.get_markerfacecolor() == "none" and len(line.get_xdata())]
+
+
+def test_history_display_rings_the_last_epoch_of_each_phase_when_fine_tuning_was_kept():
+    from transferkit.viz import TrainingHistoryDisplay
+
+    display = TrainingHistoryDisplay.from_history(_fit_history())
+    assert _rings(display.ax_) == [(3.0, 0.52), (6.0, 0.25)]
+
+
+def test_history_display_rings_the_start_when_fine_tuning_was_worse_than_the_head():
+    from transferkit.viz import TrainingHistoryDisplay
+
+    display = TrainingHistoryDisplay.from_history(
+        _fit_history(kept_epochs=0, worse_than_start=True))
+    assert _rings(display.ax_) == [(0.5, 0.6)]
+    assert list(display.phases) == ["finetune"]
+
+
+def test_history_display_title_says_what_the_fit_kept():
+    from transferkit.viz import TrainingHistoryDisplay
+
+    display = TrainingHistoryDisplay.from_history(_fit_history())
+    assert "Kept all 3 fine-tuning epochs." in display.figure_._suptitle.get_text()
+
+
+def test_history_display_names_short_phases_without_overlap_or_clipping(tmp_path):
+    from transferkit.viz import TrainingHistoryDisplay
+
+    # A long head, then one-epoch phases: their names crowd at the right-hand end.
+    history = {"head": {"loss": [1.0] * 40, "val_loss": [1.0] * 40, "best_epoch": 39},
+               "finetune": {"loss": [0.5], "val_loss": [0.6], "best_epoch": 0},
+               "refit_head": {"loss": [0.9], "best_epoch": 0},
+               "refit_finetune": {"loss": [0.4], "best_epoch": 0}, "kept_epochs": 1}
+    display = TrainingHistoryDisplay.from_history(history)
+    display.save(tmp_path / "history.png")  # lays the figure out
+    renderer = display.figure_.canvas.get_renderer()
+    figure_box = display.figure_.bbox
+    for panel in display.axes_:
+        labels = panel.texts
+        assert [t.get_text() for t in labels] == [
+            "head", "fine-tuning", "head (refit)", "fine-tuning (refit)"]
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        for a, b in zip(boxes, boxes[1:], strict=False):
+            assert not a.overlaps(b), (a, b)
+        for box in boxes:
+            assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1
+
+
+def test_plot_history_draws_a_fitted_classifier(vgg_classifier, tmp_path):
+    from transferkit.viz import TrainingHistoryDisplay, plot_history
+
+    display = plot_history(vgg_classifier)
+    assert isinstance(display, TrainingHistoryDisplay)
+    # early_stopping=False: one fine-tuning epoch, no validation curve.
+    assert list(display.phases) == ["finetune"]
+    assert _line_data(display.ax_, "tab:orange") == []
+    display.save(tmp_path / "curves.png")
+    assert Image.open(tmp_path / "curves.png").size[0] > 600
+
+
+def test_plot_history_takes_one_phase_dict():
     from transferkit.viz import plot_history
 
-    picture = plot_history(vgg_classifier, size=(500, 240))
-    assert picture.size == (500, 240)
-    colours = {tuple(c) for c in np.asarray(picture).reshape(-1, 3)}
-    assert (31, 119, 180) in colours  # training curve
+    display = plot_history({"loss": [1.0, 0.5], "accuracy": [0.5, 0.75]})
+    assert [xy[:, 1].tolist() for xy in _line_data(display.axes_[1], "tab:blue")] == [
+        [0.5, 0.75]]
 
 
-def test_history_plot_draws_validation_curves_when_present():
+def test_plot_history_draws_into_the_given_axes():
+    import matplotlib.pyplot as plt
+
     from transferkit.viz import plot_history
 
-    phase = {"loss": [1.0, 0.5, 0.4], "accuracy": [0.5, 0.7, 0.8],
-             "val_loss": [1.1, 0.7, 0.8], "val_accuracy": [0.4, 0.6, 0.6], "best_epoch": 1}
-    with_val = np.asarray(plot_history({"head": phase}))
-    without = np.asarray(plot_history({"head": {"loss": phase["loss"]}}))
-    orange = np.all(with_val == (255, 127, 14), axis=-1).sum()
-    # The legend is drawn in both; only the one with validation values has orange curves.
-    assert orange > np.all(without == (255, 127, 14), axis=-1).sum() + 50
+    figure, (left, right) = plt.subplots(1, 2)
+    display = plot_history({"loss": [1.0, 0.5]}, ax=right)
+    assert display.figure_ is figure
+    assert left in figure.axes and right not in figure.axes
 
 
-def test_history_plot_of_an_unfitted_classifier_says_fit_first():
+def test_plot_history_of_an_unfitted_classifier_says_fit_first():
     from transferkit import FineTunedClassifier
     from transferkit.viz import plot_history
 
     with pytest.raises(TypeError, match="Fit the classifier first"):
         plot_history(FineTunedClassifier())
+
+
+def test_plot_history_without_epochs_says_how_to_get_some():
+    from transferkit.viz import plot_history
+
+    with pytest.raises(ValueError, match="epochs > 0"):
+        plot_history({"head": {"loss": [], "best_epoch": -1}, "kept_epochs": 0})
 
 
 @needs_shared_weights

@@ -1,9 +1,9 @@
 """Pictures of what the network sees: activation maps, Grad-CAM and training curves.
 
-:func:`plot_activation_maps` and :func:`plot_grad_cam` draw with matplotlib (the ``viz``
-extra) and return Display objects in scikit-learn's manner: their ``figure_`` displays
-itself in a notebook, ``.save("maps.png")`` writes it, and ``ax=`` draws into a figure of
-one's own. :func:`plot_history` draws with Pillow alone and returns a PIL image.
+:func:`plot_activation_maps`, :func:`plot_grad_cam` and :func:`plot_history` draw with
+matplotlib (the ``viz`` extra) and return Display objects in scikit-learn's manner: their
+``figure_`` displays itself in a notebook, ``.save("maps.png")`` writes it, and ``ax=``
+draws into a figure of one's own.
 :func:`activation_maps`, :func:`grad_cam` and :func:`crop_box` return the arrays behind
 the pictures.
 
@@ -16,18 +16,18 @@ cheap.
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 __all__ = [
     "ActivationMapsDisplay",
     "GradCAMDisplay",
+    "TrainingHistoryDisplay",
     "activation_maps",
     "crop_box",
     "grad_cam",
@@ -35,10 +35,6 @@ __all__ = [
     "plot_grad_cam",
     "plot_history",
 ]
-
-_BACKGROUND = (255, 255, 255)
-_TRAIN_COLOUR = (31, 119, 180)
-_VAL_COLOUR = (255, 127, 14)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -89,13 +85,6 @@ def _resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         (size[1], size[0]), Image.Resampling.BILINEAR
     )
     return np.asarray(resized, dtype=np.float32)
-
-
-def _font(size: int) -> Any:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the fixed-size bitmap font
-        return ImageFont.load_default()
 
 
 # ---------------------------------------------------------------------------- matplotlib
@@ -852,6 +841,16 @@ def plot_grad_cam(
 
 
 # ---------------------------------------------------------------------------- history
+# The phases of FineTunedClassifier.history_ in the order they run, with how a reader
+# knows them. A phase without epochs (a logistic head is fitted in one go) is not drawn.
+_PHASE_NAMES = {
+    "head": "head",
+    "finetune": "fine-tuning",
+    "refit_head": "head (refit)",
+    "refit_finetune": "fine-tuning (refit)",
+}
+
+
 def _history_dict(history: Any) -> Mapping[str, Any]:
     if hasattr(history, "history_") and isinstance(history.history_, Mapping):
         return history.history_
@@ -863,122 +862,263 @@ def _history_dict(history: Any) -> Mapping[str, Any]:
     )
 
 
-def _phases(history: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Sequence[float]]]]:
-    if "loss" in history:  # one phase given directly
-        return [("", history)]
-    phases = [(name, phase) for name, phase in history.items()
-              if isinstance(phase, Mapping) and len(phase.get("loss", ())) > 0]
-    if not phases:
-        raise ValueError(
-            f"history has no epochs to plot (phases {list(history)} ran 0 epochs); fit with "
-            "head_epochs or epochs > 0."
-        )
-    return phases
+def _kept_epoch(name: str, phase: Mapping[str, Any], history: Mapping[str, Any]) -> int:
+    """Index of the epoch whose weights the phase ended with; -1 for its starting weights."""
+    if name == "finetune" and (phase.get("worse_than_start")
+                               or history.get("kept_epochs", 1) == 0):
+        return -1  # fine-tuning ran, but the fit went on from the head it started from
+    best = phase.get("best_epoch", len(phase["loss"]) - 1)
+    return int(best) if isinstance(best, numbers.Integral) else len(phase["loss"]) - 1
 
 
-def _nice_range(values: list[float]) -> tuple[float, float]:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return 0.0, 1.0
-    low, high = min(finite), max(finite)
-    if high - low < 1e-12:
-        low, high = low - 0.5, high + 0.5
-    margin = 0.05 * (high - low)
-    return low - margin, high + margin
+class TrainingHistoryDisplay:
+    """Loss and accuracy per epoch of a :class:`~transferkit.FineTunedClassifier`.
+
+    The phases that ran epochs follow each other on one epoch axis, each named above the
+    panels and separated by a dashed line: fine-tuning on the training part (and a head
+    trained by gradient descent, with ``head_init="adam"``), then, with early stopping,
+    the same phases refit on every image. Training values are drawn in one colour,
+    validation values (on the part of the training images held out for early stopping)
+    in another; a ring marks the epoch each phase kept, and the title says which weights
+    the fit ended with (``history_["summary"]``).
+
+    Build it with :meth:`from_estimator`, :meth:`from_history` (or :func:`plot_history`).
+
+    Parameters
+    ----------
+    phases : dict
+        Phase name to the phase's dict (``"loss"``, and optionally ``"accuracy"``,
+        ``"val_loss"``, ``"val_accuracy"``, ``"initial_val_loss"``), in the order the
+        phases ran; only phases with at least one epoch.
+    kept : dict
+        Phase name to the index of the epoch whose weights it kept (-1: the weights it
+        started from).
+    summary : str, default=None
+        What the fit kept and why, for the title.
+
+    Attributes
+    ----------
+    figure_ : matplotlib.figure.Figure
+        The figure drawn on (set by :meth:`plot`).
+    axes_ : ndarray of matplotlib.axes.Axes of shape (2,)
+        The loss panel, then the accuracy panel.
+    ax_ : matplotlib.axes.Axes
+        The loss panel (``axes_[0]``), as in scikit-learn's single-panel Displays.
+    boundaries_ : list of float
+        Where one phase ends and the next begins, on the epoch axis.
+    """
+
+    def __init__(self, phases: Mapping[str, Mapping[str, Any]], kept: Mapping[str, int],
+                 summary: str | None = None) -> None:
+        self.phases, self.kept, self.summary = phases, kept, summary
+
+    @classmethod
+    def from_history(cls, history: Mapping[str, Any], *,
+                     ax: Any = None) -> TrainingHistoryDisplay:
+        """Draw a ``history_`` dict, or a single phase's dict with a ``"loss"`` list.
+
+        Parameters
+        ----------
+        history : dict
+            A fitted classifier's ``history_``, or one of its phases.
+        ax : matplotlib.axes.Axes, default=None
+            The area to draw in, divided into two panels; a new figure when None.
+
+        Returns
+        -------
+        display : TrainingHistoryDisplay
+        """
+        history = _history_dict(history)
+        if "loss" in history:  # one phase given directly
+            phases = {"": history}
+        else:
+            phases = {name: phase for name, phase in history.items()
+                      if isinstance(phase, Mapping) and len(phase.get("loss", ())) > 0}
+        if not phases:
+            raise ValueError(
+                f"history has no epochs to plot (its phases {list(history)} ran none); fit "
+                "with epochs > 0, or head_init='adam' and head_epochs > 0."
+            )
+        kept = {name: _kept_epoch(name, phase, history) for name, phase in phases.items()}
+        summary = history.get("summary")
+        display = cls(phases, kept, summary if isinstance(summary, str) else None)
+        return display.plot(ax=ax)
+
+    @classmethod
+    def from_estimator(cls, classifier: Any, *, ax: Any = None) -> TrainingHistoryDisplay:
+        """Draw the training history of a fitted FineTunedClassifier.
+
+        Parameters
+        ----------
+        classifier : FineTunedClassifier
+            A fitted classifier.
+        ax : matplotlib.axes.Axes, default=None
+            The area to draw in, divided into two panels; a new figure when None.
+
+        Returns
+        -------
+        display : TrainingHistoryDisplay
+        """
+        if not isinstance(getattr(classifier, "history_", None), Mapping):
+            raise TypeError(
+                f"classifier must be a fitted FineTunedClassifier; got "
+                f"{type(classifier).__name__} without a history_. Fit the classifier first."
+            )
+        return cls.from_history(classifier.history_, ax=ax)
+
+    def plot(self, ax: Any = None) -> TrainingHistoryDisplay:
+        """Draw the picture.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, default=None
+            The area to draw in, divided into two panels (the Axes itself is removed); a
+            new figure when None.
+
+        Returns
+        -------
+        display : TrainingHistoryDisplay
+            ``self``, with ``figure_``, ``axes_``, ``ax_`` and ``boundaries_`` set.
+        """
+        import textwrap
+
+        from matplotlib.ticker import MaxNLocator
+
+        figure, grid = _panel_grid(ax, 1, 2, (10.0, 4.2))
+        self.figure_ = figure
+        self.axes_ = np.array([figure.add_subplot(grid[0, 0]),
+                               figure.add_subplot(grid[0, 1])], dtype=object)
+        self.ax_ = self.axes_[0]
+        starts, start = {}, 0
+        for name, phase in self.phases.items():
+            starts[name] = start
+            start += len(phase["loss"])
+        self.boundaries_ = [s + 0.5 for s in list(starts.values())[1:]]
+        has_validation = any(phase.get("val_loss") for phase in self.phases.values())
+        xlabel = "epoch, the phases one after the other" if len(self.phases) > 1 else "epoch"
+        for panel, metric in zip(self.axes_, ("loss", "accuracy"), strict=True):
+            for name, phase in self.phases.items():
+                self._plot_phase(panel, metric, phase, starts[name], self.kept[name])
+            for boundary in self.boundaries_:
+                panel.axvline(boundary, color="0.55", linestyle="--", linewidth=1)
+            panel.set_xlim(min(starts.values()) + 0.5 - 0.04 * start, start + 0.5 + 0.04 * start)
+            panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+            panel.set_xlabel(xlabel)
+            panel.set_ylabel("loss (cross-entropy)" if metric == "loss" else metric)
+            panel.grid(alpha=0.3)
+            self._name_phases(panel, starts)
+        self.axes_[1].set_ylim(top=min(1.02, self.axes_[1].get_ylim()[1]))
+        handles = [
+            self.ax_.plot([], [], "o-", color="tab:blue", markersize=3, label="training")[0]]
+        if has_validation:
+            handles.append(self.ax_.plot(
+                [], [], "o-", color="tab:orange", markersize=3,
+                label="validation (images held out of the training set)")[0])
+        handles.append(self.ax_.plot([], [], "o", color="black", markersize=10,
+                                     markerfacecolor="none", label="kept epoch")[0])
+        figure.legend(handles=handles, loc="outside lower center", ncols=len(handles),
+                      frameon=False, fontsize=9)
+        title = "Training history: loss and accuracy per epoch"
+        if any(name.startswith("refit") for name in self.phases):
+            title += " (a refit trains the phase again, on every image)"
+        if self.summary:
+            summary = self.summary[0].upper() + self.summary[1:]
+            title += "\n" + textwrap.fill(summary, 120)
+        figure.suptitle(title, fontsize=10)
+        return self
+
+    @staticmethod
+    def _plot_phase(panel: Any, metric: str, phase: Mapping[str, Any], start: int,
+                    kept: int) -> None:
+        epochs = start + 1 + np.arange(len(phase["loss"]))
+        curves = {}
+        for key, colour in ((metric, "tab:blue"), (f"val_{metric}", "tab:orange")):
+            values = np.asarray(phase.get(key, ()), dtype=float)
+            if values.size == len(epochs):
+                x = epochs
+                if key == "val_loss" and "initial_val_loss" in phase:
+                    # Where the phase started from: the weights it can fall back to.
+                    x = np.concatenate([[start + 0.5], epochs])
+                    values = np.concatenate([[phase["initial_val_loss"]], values])
+                panel.plot(x, values, "o-", color=colour, markersize=3, linewidth=1.5)
+                curves[key] = (x, values)
+        # The ring goes on the curve that decided what was kept: validation where it ran.
+        decided = curves.get(f"val_{metric}", curves.get(metric))
+        if decided is None:
+            return
+        x, values = decided
+        if kept >= 0:
+            index = kept + (len(x) - len(epochs))
+        elif len(x) > len(epochs):
+            index = 0  # the starting weights, drawn before the first epoch
+        else:
+            return  # kept its start, whose score on this metric was not recorded
+        panel.plot(x[index], values[index], "o", color="black", markersize=10,
+                   markerfacecolor="none", markeredgewidth=1.5)
+
+    def _name_phases(self, panel: Any, starts: Mapping[str, int]) -> None:
+        """Name each phase above the panel, centred on its epochs.
+
+        A name that would run into one before it goes a line higher, so that short phases
+        side by side keep readable names.
+        """
+        if list(self.phases) == [""]:
+            return
+        low, high = panel.get_xlim()
+        # About this much of the panel's width per character, at 8 points.
+        per_char = 0.062 / max(panel.get_position().width * panel.figure.get_figwidth(), 1.0)
+        names, centres, levels, ends = [], [], [], []  # ends: right edge reached per level
+        for name, phase in self.phases.items():
+            names.append(_PHASE_NAMES.get(name, name))
+            centres.append(starts[name] + (len(phase["loss"]) + 1) / 2)
+            middle, half = (centres[-1] - low) / (high - low), per_char * len(names[-1]) / 2
+            level = next((k for k, end in enumerate(ends) if end + 0.01 < middle - half),
+                         len(ends))
+            ends[level:level + 1] = [middle + half]
+            levels.append(level)
+        for name, centre, level in zip(names, centres, levels, strict=True):
+            panel.annotate(name, (centre, 1.0), xycoords=("data", "axes fraction"),
+                           xytext=(0, 3 + 11 * level), textcoords="offset points",
+                           ha="center", va="bottom", fontsize=8, annotation_clip=False)
+
+    def save(self, path: str | os.PathLike, **savefig_kw: Any) -> None:
+        """Save the picture, as ``figure_.savefig(path, **savefig_kw)``."""
+        self.figure_.savefig(path, **{"dpi": 110, **savefig_kw})
 
 
-def plot_history(history: Any, *, size: tuple[int, int] = (900, 360)) -> Image.Image:
+def plot_history(history: Any, *, ax: Any = None) -> TrainingHistoryDisplay:
     """Training curves of a :class:`~transferkit.FineTunedClassifier`: loss and accuracy.
 
-    The two training phases (the head alone, then fine-tuning) follow each other on one
-    epoch axis, separated by a dashed line; training values are blue, validation values
-    (with early stopping) orange, and the kept epoch of each phase is marked with a dot.
+    The phases that ran epochs follow each other on one epoch axis, each named above
+    the panels: fine-tuning on the training part, then, with early stopping, fine-tuning
+    again on every image (and the head's epochs before each with ``head_init="adam"``).
+    Training values and validation values (on the images held out for early stopping)
+    are drawn in two colours; a ring marks the epoch each phase kept, and the title says
+    which weights the fit ended with. Needs matplotlib (``pip install "transferkit[viz]"``).
+
+    .. versionchanged:: 0.1
+       Returns a :class:`TrainingHistoryDisplay` drawn with matplotlib instead of a PIL
+       image; ``.save(path)`` still writes the picture. ``size=`` is gone: draw into an
+       Axes of a figure of your own size with ``ax=``.
 
     Parameters
     ----------
     history : FineTunedClassifier or dict
-        A fitted classifier, or its ``history_`` (``{"head": {...}, "finetune": {...}}``),
-        or a single phase's dict with ``"loss"`` (and optionally ``"accuracy"``,
-        ``"val_loss"``, ``"val_accuracy"``) lists.
-    size : (int, int), default=(900, 360)
-        ``(width, height)`` of the picture in pixels.
+        A fitted classifier, its ``history_``, or a single phase's dict with a ``"loss"``
+        list (and optionally ``"accuracy"``, ``"val_loss"``, ``"val_accuracy"``).
+    ax : matplotlib.axes.Axes, default=None
+        The area to draw in, divided into two panels; a new figure when None.
 
     Returns
     -------
-    picture : PIL.Image.Image
-        An RGB image of the given size with two panels, loss (left) and accuracy (right).
+    display : TrainingHistoryDisplay
+        With ``figure_`` and the loss and accuracy panels in ``axes_``.
 
     Examples
     --------
     >>> from transferkit.viz import plot_history
     >>> plot_history(clf).save("curves.png")  # doctest: +SKIP
     """
-    if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(isinstance(s, numbers.Integral) and s >= 200 for s in size)):
-        raise ValueError(f"size={size!r} must be a (width, height) pair of ints >= 200.")
-    phases = _phases(_history_dict(history))
-    width, height = int(size[0]), int(size[1])
-    picture = Image.new("RGB", (width, height), _BACKGROUND)
-    draw = ImageDraw.Draw(picture)
-    font = _font(12)
-
-    lengths = [len(phase["loss"]) for _, phase in phases]
-    n_epochs = sum(lengths)
-    offsets = np.cumsum([0, *lengths])
-    panel_width = width // 2
-    for panel, metric in enumerate(("loss", "accuracy")):
-        left = panel * panel_width + 50
-        right = (panel + 1) * panel_width - 15
-        top, bottom = 30, height - 40
-        values = [float(v) for _, phase in phases
-                  for key in (metric, f"val_{metric}") for v in phase.get(key, ())]
-        low, high = _nice_range(values)
-
-        def to_xy(epoch: float, value: float, low: float = low, high: float = high,
-                  left: int = left, right: int = right, top: int = top,
-                  bottom: int = bottom) -> tuple[float, float]:
-            x = left + (right - left) * (epoch / max(n_epochs - 1, 1))
-            y = bottom - (bottom - top) * ((value - low) / (high - low))
-            return x, y
-
-        draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-        draw.text((left, 8), metric, fill=(0, 0, 0), font=font)
-        for fraction in (0.0, 0.5, 1.0):
-            value = low + fraction * (high - low)
-            _, y = to_xy(0, value)
-            draw.line([left - 4, y, left, y], fill=(0, 0, 0))
-            draw.text((4, y - 6) if panel == 0 else (left - 46, y - 6), f"{value:.3g}",
-                      fill=(0, 0, 0), font=font)
-        draw.text((left, bottom + 6), "epoch 1", fill=(0, 0, 0), font=font)
-        draw.text((right - 50, bottom + 6), f"epoch {n_epochs}", fill=(0, 0, 0), font=font)
-
-        for k, (name, phase) in enumerate(phases):
-            start = int(offsets[k])
-            if k > 0:
-                x, _ = to_xy(start - 0.5, low)
-                for y in range(top, bottom, 8):  # dashed boundary between phases
-                    draw.line([x, y, x, min(y + 4, bottom)], fill=(120, 120, 120))
-            if name:
-                x, _ = to_xy(start, low)
-                draw.text((x + 3, top + 3), name, fill=(90, 90, 90), font=font)
-            for key, colour in ((metric, _TRAIN_COLOUR), (f"val_{metric}", _VAL_COLOUR)):
-                series = [float(v) for v in phase.get(key, ())]
-                if not series:
-                    continue
-                points = [to_xy(start + i, v) for i, v in enumerate(series)]
-                if len(points) > 1:
-                    draw.line(points, fill=colour, width=2)
-                else:
-                    x, y = points[0]
-                    draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-                best = phase.get("best_epoch")
-                if key.startswith("val_") and isinstance(best, numbers.Integral) \
-                        and 0 <= best < len(series):
-                    x, y = points[best]
-                    draw.ellipse([x - 4, y - 4, x + 4, y + 4], outline=colour, width=2)
-    # One legend for both panels, in the title row, where no curve can run into it.
-    for k, (label, colour) in enumerate((("train", _TRAIN_COLOUR), ("validation", _VAL_COLOUR))):
-        x = width - 200 + 90 * k
-        draw.line([x, 14, x + 20, 14], fill=colour, width=2)
-        draw.text((x + 25, 8), label, fill=(0, 0, 0), font=font)
-    return picture
+    if isinstance(history, Mapping):
+        return TrainingHistoryDisplay.from_history(history, ax=ax)
+    return TrainingHistoryDisplay.from_estimator(history, ax=ax)
