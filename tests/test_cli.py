@@ -462,6 +462,33 @@ def test_a_misspelt_option_shows_the_commands_usage_and_the_closest_option(capsy
     assert "'transferkit extract --help' lists its options" in err
 
 
+def test_an_unknown_short_option_shows_the_commands_usage_and_its_short_options(capsys):
+    # Named before argparse would complain that FOLDER and -o are missing.
+    err = _usage_error(capsys, "train", "-z")
+    assert err.startswith("usage: transferkit train ")
+    assert "unrecognized option -z. One-letter options: -h, -o." in err
+    assert "'transferkit train --help' lists its options" in err
+
+
+def test_a_short_option_in_the_wrong_case_is_named(capsys):
+    err = _usage_error(capsys, "train", "photos/", "-O", "model.pkl")
+    assert "unrecognized option -O. Did you mean -o?" in err
+
+
+def test_a_long_option_with_one_dash_is_named_with_two(capsys):
+    err = _usage_error(capsys, "train", "photos/", "-o", "model.pkl", "-epochs", "3")
+    assert "unrecognized option -epochs. Did you mean --epochs? Long options take two " \
+           "dashes." in err
+
+
+def test_a_negative_number_is_a_value_not_an_option(capsys):
+    # --cut -1 (the last layer) reaches argparse, which takes it as --cut's value and
+    # complains of what is missing.
+    err = _usage_error(capsys, "extract", "--cut", "-1")
+    assert "unrecognized option" not in err
+    assert "the following arguments are required" in err
+
+
 def test_a_misspelt_command_is_refused_naming_the_closest_one(capsys):
     err = _usage_error(capsys, "cutpoints", "VGG16")
     assert "'cutpoints' is not a command. Did you mean cut-points?" in err

@@ -20,6 +20,7 @@ import argparse
 import difflib
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,9 +89,30 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str:
     return f" Did you mean {close[0]}?" if close else ""
 
 
+# What argparse takes for a negative number rather than an option (its own pattern).
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+def _short_option_hint(word: str, known: Sequence[str]) -> tuple[str, str]:
+    """The unknown option a ``-x`` word names, and what the user may have meant."""
+    long_names = [option for option in known if option.startswith("--")]
+    name = word.split("=", 1)[0]
+    if "-" + name in long_names:  # -epochs: a long option with one dash
+        return name, f" Did you mean -{name}? Long options take two dashes."
+    # argparse reads -xVALUE as -x with its value, so the letter is what is unknown.
+    letter = word[:2]
+    if letter.swapcase() in known:
+        return letter, f" Did you mean {letter.swapcase()}?"
+    starting = [option for option in long_names if option[2:3] == letter[1:]]
+    shorts = ", ".join(option for option in known if not option.startswith("--"))
+    if len(starting) == 1:
+        return letter, f" Did you mean {starting[0]}? One-letter options: {shorts}."
+    return letter, f" One-letter options: {shorts}."
+
+
 def _refuse_unknown_names(argv: Sequence[str], parser: _Parser,
                           commands: dict[str, _Parser]) -> None:
-    """Exit with a "did you mean" for a mistyped command or ``--option``, before argparse.
+    """Exit with a "did you mean" for a mistyped command or option, before argparse.
 
     argparse reports an unknown option only after the whole line, under the main usage, and
     a missing required option first; the mistyped name is what the user needs to hear.
@@ -109,6 +131,11 @@ def _refuse_unknown_names(argv: Sequence[str], parser: _Parser,
         if name.startswith("--") and name not in known:
             long_names = [option for option in known if option.startswith("--")]
             subparser.error(f"unrecognized option {name}.{_did_you_mean(name, long_names)} "
+                            f"'{subparser.prog} --help' lists its options.")
+        if (name.startswith("-") and not name.startswith("--") and name != "-"
+                and not _NEGATIVE_NUMBER.match(word) and word[:2] not in known):
+            unknown, hint = _short_option_hint(word, known)
+            subparser.error(f"unrecognized option {unknown}.{hint} "
                             f"'{subparser.prog} --help' lists its options.")
 
 
