@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
 
 from .conftest import REPO
 
@@ -119,3 +122,70 @@ def test_a_download_under_way_shows_its_notice_before_its_progress(monkeypatch):
         print("1/1 done")
     assert stream.getvalue() == ("Downloading data from https://example.invalid/weights.h5\n"
                                  "1/1 done\n")
+
+
+def _serve_once(folder):
+    """A server on the loopback that answers one request from ``folder``, then stops."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # the request log would go to the test's stderr
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0),
+                                    functools.partial(Quiet, directory=str(folder)))
+    server.timeout = 30  # no request within 30 s: stop anyway
+    thread = threading.Thread(target=lambda: (server.handle_request(), server.server_close()),
+                              daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{server.server_address[1]}", thread
+
+
+def test_a_download_redirected_to_a_file_writes_plain_lines(tmp_path, monkeypatch):
+    import keras
+
+    from transferkit.console import download_notice_kept_on_success
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "weights.h5").write_bytes(np.random.default_rng(0).bytes(600_000))
+    url, server = _serve_once(served)
+    cache = tmp_path / "keras"
+    cache.mkdir()  # Keras downloads into /tmp/.keras instead when cache_dir is not writable
+    with open(tmp_path / "console.txt", "w") as redirected:
+        monkeypatch.setattr(sys, "stdout", redirected)
+        # What backbones.py wraps around a Keras Applications constructor that downloads
+        # its weights with keras.utils.get_file.
+        with download_notice_kept_on_success():
+            path = keras.utils.get_file("weights.h5", f"{url}/weights.h5",
+                                        cache_dir=str(cache))
+    server.join(timeout=30)
+    assert not server.is_alive()  # it answered its one request: the file was downloaded
+    assert Path(path).is_relative_to(cache)
+    assert Path(path).read_bytes() == (served / "weights.h5").read_bytes()
+    written = (tmp_path / "console.txt").read_text()
+    assert "\r" not in written and "\b" not in written and "\x1b" not in written
+    lines = written.splitlines()
+    assert lines[0] == f"Downloading data from {url}/weights.h5"
+    assert lines[1].startswith("0.6 MB downloaded in ")
+    assert len(lines) == 2
+
+
+def test_a_download_on_a_terminal_keeps_keras_progress_bar(monkeypatch):
+    import io
+
+    from transferkit.console import download_notice_kept_on_success
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    with download_notice_kept_on_success():
+        print("Downloading data from https://example.invalid/weights.h5")
+        sys.stdout.write("\r\x1b[1m1/2\x1b[0m")
+        sys.stdout.write("\b\b\b\r\x1b[1m2/2\x1b[0m\n")
+    assert terminal.getvalue().endswith("\r\x1b[1m1/2\x1b[0m\b\b\b\r\x1b[1m2/2\x1b[0m\n")

@@ -11,7 +11,8 @@ Progress bars are drawn only on a terminal (or in a notebook): redirected to a f
 documentation build, :func:`progress_bar` writes one plain line when the work is done instead
 of carriage returns and ANSI colour codes. :func:`download_notice_kept_on_success` keeps Keras'
 "Downloading data from ..." line out of the console when the download fails, where
-transferkit's own error says what happened and what to do.
+transferkit's own error says what happened and what to do; when the download succeeds off a
+terminal, Keras' progress bar becomes one line with the size and the time it took.
 
 A user who sets ``TF_CPP_MIN_LOG_LEVEL`` themselves has asked for TensorFlow's own output and
 gets it untouched; ``TF_CPP_MIN_LOG_LEVEL=0`` shows everything. The level transferkit sets
@@ -24,6 +25,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import os
+import re
 import sys
 import threading
 import time
@@ -170,13 +172,28 @@ _DOWNLOAD_NOTICE = "Downloading data from "
 _STDOUT_LOCK = threading.Lock()
 
 
+# What Keras' Progbar writes to redraw its line: carriage returns, backspaces, colours.
+_REDRAW = re.compile(r"[\r\b]|\x1b\[")
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+# Its text: bytes so far, then "/total" (or "/Unknown").
+_BYTES = re.compile(r"(\d+)/(\d+|Unknown)")
+
+
 class _HoldsDownloadNotice:
-    """A stdout that holds back Keras' download notice until anything else is written."""
+    """A stdout that holds back Keras' download notice until anything else is written.
+
+    On a stream that cannot redraw a line in place (a file, a pipe), Keras' download
+    progress bar (which takes any POSIX system for a terminal) becomes one plain line when
+    the download ends: its size and how long it took.
+    """
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
         self._held: list[str] = []
         self._passing = False
+        self._plain = not draws_in_place(stream)
+        self._progress: str | None = None  # the last redraw, colours removed
+        self._progress_started = 0.0
 
     def write(self, text: str) -> int:
         # print() writes the line break on its own; it belongs to the notice.
@@ -186,13 +203,36 @@ class _HoldsDownloadNotice:
             return len(text)
         # A progress bar or any other output: the download is under way, say from where.
         self.release()
+        if self._plain and _REDRAW.search(text):
+            if self._progress is None:
+                self._progress_started = time.perf_counter()
+            self._progress = _COLOUR.sub("", re.split(r"[\r\b]", text.rstrip("\n"))[-1])
+            if text.endswith("\n"):  # the bar's last redraw
+                self._end_progress()
+            return len(text)
+        self._end_progress()
         return self._stream.write(text)
+
+    def _end_progress(self) -> None:
+        if self._progress is None:
+            return
+        found = _BYTES.search(self._progress)
+        elapsed = time.perf_counter() - self._progress_started
+        if found is not None:
+            self._stream.write(f"{int(found.group(1)) / 1e6:.1f} MB downloaded in "
+                               f"{elapsed:.1f} s\n")
+        self._progress = None
 
     def release(self) -> None:
         self._passing = True
         for text in self._held:
             self._stream.write(text)
         self._held.clear()
+
+    def finish(self) -> None:
+        """Write what is held: the notice, and a download's line if its bar never ended."""
+        self.release()
+        self._end_progress()
 
     def flush(self) -> None:
         if self._passing:
@@ -221,4 +261,4 @@ def download_notice_kept_on_success() -> Iterator[None]:
             sys.stdout = real
             raise
         sys.stdout = real
-        holding.release()
+        holding.finish()
