@@ -54,7 +54,8 @@ _ARGS = {
     "classify_folder": [str(HYMENOPTERA / "train"), "--val", str(HYMENOPTERA / "val"),
                         "--n-per-class", "30", "--input-size", "96",
                         "--confusion-matrix", str(PICTURES / "confusion_matrix.png")],
-    "finetune_vs_features": [str(HYMENOPTERA), "--n-per-class", "12", "--epochs", "1",
+    # Enough epochs and images for the training history to be a curve, not two dots.
+    "finetune_vs_features": [str(HYMENOPTERA), "--n-per-class", "30", "--epochs", "4",
                              "--input-size", "96"],
     # Without weights the example stops and asks for --weights none; the gallery does that.
     "grid_search_backbone_cut": ["--backbones", "MobileNet", "--n-images", "150",

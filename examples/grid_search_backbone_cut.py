@@ -11,14 +11,19 @@ Runs offline on scikit-learn's bundled digits. Backbones whose ImageNet weights 
 obtained are left out, with a note; with ``--weights none`` every backbone runs with random
 weights (fast, and fine for trying the mechanics, not for comparing backbones).
 
+The picture is a heat map of the mean cross-validated accuracy, one row per backbone and one
+column per depth, each cell named by its cut.
+
 .. code-block:: bash
 
-   python examples/grid_search_backbone_cut.py
+   python examples/grid_search_backbone_cut.py --picture grid_search.png
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--input-size", type=int, default=64,
                         help="pixels the 8x8 digits are resized to (default 64)")
     parser.add_argument("--cv", type=int, default=3, help="cross-validation folds")
+    parser.add_argument("--picture", type=Path, default=None, metavar="PNG",
+                        help="save the heat map of accuracies here (needs matplotlib)")
     args = parser.parse_args(argv)
 
     weights = None if args.weights == "none" else "imagenet"
@@ -96,7 +103,45 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     }).sort_values("rank")
     print(table.to_string(index=False))
     print(f"best: {search.best_params_}")
+    if importlib.util.find_spec("matplotlib") is None:
+        print("no picture: matplotlib is not installed (pip install matplotlib)")
+    else:
+        draw(table, weights, args.cv, args.picture)
     return table
+
+
+def draw(table: pd.DataFrame, weights: str | None, cv: int, picture: Path | None) -> None:
+    """Mean CV accuracy as a heat map: a row per backbone, a column per depth of cut."""
+    import matplotlib.pyplot as plt
+
+    backbones = list(dict.fromkeys(table.sort_index()["backbone"]))
+    n_cuts = max(len(CANDIDATES[backbone][1]) for backbone in backbones)
+    scores = np.full((len(backbones), n_cuts), np.nan)
+    figure, ax = plt.subplots(figsize=(2.2 + 2.1 * n_cuts, 1.6 + 0.9 * len(backbones)),
+                              layout="constrained")
+    cells = []
+    for row, backbone in enumerate(backbones):
+        for col, cut in enumerate(CANDIDATES[backbone][1]):
+            found = table[(table["backbone"] == backbone)
+                          & (table["cut"] == ("(full)" if cut is None else cut))].iloc[0]
+            scores[row, col] = found["accuracy"]
+            cells.append((row, col, f"{cut or 'full network'}\n{found['accuracy']:.3f} "
+                                    f"± {found['+/-']:.3f}"))
+    image = ax.imshow(scores, cmap="Greens", vmin=np.nanmin(scores) - 0.05,
+                      vmax=min(1.0, np.nanmax(scores) + 0.02), aspect="auto")
+    for row, col, text in cells:
+        dark = image.norm(scores[row, col]) > 0.6  # white on the darker greens
+        ax.text(col, row, text, ha="center", va="center", fontsize=9,
+                color="white" if dark else "black",
+                fontweight="bold" if scores[row, col] == np.nanmax(scores) else "normal")
+    figure.colorbar(image, ax=ax, label=f"mean accuracy, {cv}-fold CV")
+    ax.set_xticks(range(n_cuts), ["early cut", "middle cut", "whole network"][-n_cuts:])
+    ax.set_yticks(range(len(backbones)), backbones)
+    kind = "random" if weights is None else "ImageNet"
+    ax.set_title(f"GridSearchCV over backbone and cut ({kind} weights; best in bold)",
+                 fontsize=10)
+    if picture is not None:
+        figure.savefig(picture, dpi=110)
 
 
 if __name__ == "__main__":

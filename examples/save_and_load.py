@@ -8,14 +8,18 @@ back, ready to predict, in another process and without network access.
 
 Loading a pickle runs code stored in the file: only load models from sources you trust.
 
+The picture puts the class probabilities of a few digits from the pipeline before saving beside
+those of the pipeline loaded in the new process: the two must be the same.
+
 .. code-block:: bash
 
-   python examples/save_and_load.py
+   python examples/save_and_load.py --picture probabilities.png
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -57,6 +61,9 @@ def main(argv: list[str] | None = None) -> bool:
                         help="digits to train on (default 500)")
     parser.add_argument("--input-size", type=int, default=64,
                         help="pixels the 8x8 digits are resized to (default 64)")
+    parser.add_argument("--picture", type=Path, default=None, metavar="PNG",
+                        help="save the probabilities before and after loading here "
+                             "(needs matplotlib)")
     args = parser.parse_args(argv)
 
     digits = load_digits()
@@ -83,7 +90,41 @@ def main(argv: list[str] | None = None) -> bool:
 
     same = bool(np.allclose(reloaded, expected, atol=1e-5))
     print(f"predictions of the pipeline loaded in a new process are identical: {same}")
+    if importlib.util.find_spec("matplotlib") is None:
+        print("no picture: matplotlib is not installed (pip install matplotlib)")
+    else:
+        draw(expected, reloaded, labels[:20], args.picture)
     return same
+
+
+def draw(expected: np.ndarray, reloaded: np.ndarray, labels: np.ndarray,
+         picture: Path | None) -> None:
+    """The probabilities before saving and after loading, side by side, and how they differ."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(11, 4.6), layout="constrained",
+                                gridspec_kw={"width_ratios": [1, 1, 1.1]})
+    for ax, probabilities, title in ((axes[0], expected, "before saving (this process)"),
+                                     (axes[1], reloaded, "loaded in a new process")):
+        image = ax.imshow(probabilities, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("class")
+        ax.set_xticks(range(probabilities.shape[1]))
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    axes[0].set_ylabel("digit, by its true class")
+    figure.colorbar(image, ax=axes[1], label="probability", shrink=0.8)
+    axes[2].plot([0, 1], [0, 1], color="0.7", linewidth=1, zorder=0)
+    axes[2].scatter(expected.ravel(), reloaded.ravel(), s=12, color="tab:blue")
+    axes[2].set_xlabel("probability before saving")
+    axes[2].set_ylabel("probability after loading")
+    difference = float(np.abs(reloaded - expected).max())
+    axes[2].set_title(f"every class of every digit\nlargest difference: {difference:.2g}",
+                      fontsize=10)
+    axes[2].set_aspect("equal")
+    figure.suptitle(f"Class probabilities of {len(labels)} digits, before and after "
+                    "joblib.dump / joblib.load")
+    if picture is not None:
+        figure.savefig(picture, dpi=110)
 
 
 if __name__ == "__main__":

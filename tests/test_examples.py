@@ -19,8 +19,13 @@ def run_example(name: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_quickstart_trains_and_scores_on_bundled_digits():
-    result = run_example("quickstart.py", "--n-images", "300", "--input-size", "64")
+def _is_png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quickstart_trains_scores_and_draws_its_confusion_matrix(tmp_path):
+    result = run_example("quickstart.py", "--n-images", "300", "--input-size", "64",
+                         "--picture", str(tmp_path / "confusion_matrix.png"))
     assert result.returncode == 0, result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
     assert "LogisticRegression on 300 digits: test accuracy" in last
@@ -30,6 +35,7 @@ def test_quickstart_trains_and_scores_on_bundled_digits():
     # Redirected output: plain progress lines, and no Keras warning transferkit explains.
     assert "\r" not in result.stdout and "\x1b" not in result.stdout
     assert "input_shape" not in result.stderr
+    assert _is_png(tmp_path / "confusion_matrix.png")
 
 
 @needs_hymenoptera
@@ -51,25 +57,28 @@ def test_classify_folder_saves_a_confusion_matrix_when_asked(tmp_path):
     assert (tmp_path / "cm.png").stat().st_size > 0
 
 
-def test_grid_search_prints_a_ranked_table_of_backbones_and_cuts():
+def test_grid_search_prints_a_ranked_table_and_draws_its_heat_map(tmp_path):
     result = run_example("grid_search_backbone_cut.py", "--backbones", "VGG16",
                          "--weights", "none", "--n-images", "90", "--input-size", "32",
-                         "--cv", "2")
+                         "--cv", "2", "--picture", str(tmp_path / "grid.png"))
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert lines[0].split()[:3] == ["backbone", "cut", "accuracy"]
     assert {line.split()[1] for line in lines[1:4]} == {"block3", "block4", "(full)"}
     assert lines[-1].startswith("best: {")
+    assert _is_png(tmp_path / "grid.png")
 
 
 @pytest.mark.slow
 @needs_hymenoptera
-def test_finetune_vs_features_scores_both_ways():
+def test_finetune_vs_features_scores_both_ways_and_draws_them(tmp_path):
     result = run_example("finetune_vs_features.py", str(HYMENOPTERA), "--n-per-class", "10",
-                         "--epochs", "1", "--input-size", "96")
+                         "--epochs", "2", "--input-size", "96", "--out-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "feature extraction + logistic regression: validation accuracy" in result.stdout
     assert "fine-tuning (FineTunedClassifier): validation accuracy" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy.png",
+                                                           "training_history.png"]
 
 
 @pytest.mark.slow
@@ -85,10 +94,12 @@ def test_rank_cuts_with_logme_ranks_searches_and_fine_tunes(tmp_path):
     assert picture.stat().st_size > 0
 
 
-def test_save_and_load_gives_identical_predictions_in_a_new_process():
-    result = run_example("save_and_load.py", "--n-images", "100", "--input-size", "32")
+def test_save_and_load_gives_identical_predictions_in_a_new_process_and_draws_both(tmp_path):
+    result = run_example("save_and_load.py", "--n-images", "100", "--input-size", "32",
+                         "--picture", str(tmp_path / "probabilities.png"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("identical: True")
+    assert _is_png(tmp_path / "probabilities.png")
 
 
 def test_plot_activations_writes_the_pictures(tmp_path):
@@ -108,8 +119,10 @@ def test_plot_activations_explains_a_fine_tuned_classifier(tmp_path):
     assert {"grad_cam.png", "training_curves.png"} <= {p.name for p in tmp_path.iterdir()}
 
 
-def test_mixed_tabular_and_images_scores_three_column_sets():
-    result = run_example("mixed_tabular_images.py", "--n-images", "120", "--input-size", "32")
+def test_mixed_tabular_and_images_scores_three_column_sets_and_draws_them(tmp_path):
+    result = run_example("mixed_tabular_images.py", "--n-images", "120", "--input-size", "32",
+                         "--picture", str(tmp_path / "mixed.png"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert _is_png(tmp_path / "mixed.png")
     names = [line.split(":")[0].strip() for line in result.stdout.strip().splitlines()[-3:]]
     assert names == ["numbers only", "image only", "image and numbers"]
