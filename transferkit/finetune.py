@@ -80,7 +80,8 @@ def _what_was_kept(history: dict, epochs: int, n_images: int, n_val: int | None)
     start, last = tuning["initial_val_loss"], tuning["val_loss"][-1]
     if kept == 0:
         return (f"kept the head alone, refit on all {n_images} images, the backbone as "
-                f"pretrained: after {epochs} fine-tuning epochs the {n_val} held-out images "
+                f"pretrained: after {epochs} fine-tuning epoch{'s' if epochs != 1 else ''} the "
+                f"{n_val} held-out images "
                 f"scored clearly worse than with the head alone (loss {last:.4f} against "
                 f"{start:.4f}).")
     verdict = "lower than" if last < start else "not clearly worse than"

@@ -982,7 +982,7 @@ class TrainingHistoryDisplay:
         """
         import textwrap
 
-        from matplotlib.ticker import MaxNLocator
+        from matplotlib.ticker import FixedLocator, MaxNLocator
 
         figure, grid = _panel_grid(ax, 1, 2, (10.0, 4.2))
         self.figure_ = figure
@@ -1001,8 +1001,12 @@ class TrainingHistoryDisplay:
                 self._plot_phase(panel, metric, phase, starts[name], self.kept[name])
             for boundary in self.boundaries_:
                 panel.axvline(boundary, color="0.55", linestyle="--", linewidth=1)
-            panel.set_xlim(min(starts.values()) + 0.5 - 0.04 * start, start + 0.5 + 0.04 * start)
-            panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+            # Room for the rings at both ends, the starting point's included.
+            margin = max(0.35, 0.04 * start)
+            panel.set_xlim(0.5 - margin, start + 0.5 + margin)
+            # Epochs are whole: a short history gets each one, a long one a few.
+            panel.xaxis.set_major_locator(FixedLocator(range(1, start + 1)) if start <= 12
+                                          else MaxNLocator(integer=True))
             panel.set_xlabel(xlabel)
             panel.set_ylabel("loss (cross-entropy)" if metric == "loss" else metric)
             panel.grid(alpha=0.3)
