@@ -21,6 +21,11 @@ stopping, not ``val/``). To save them as PNG files in ``pictures/``:
    python examples/finetune_vs_features.py hymenoptera_data --out-dir pictures
 """
 
+# One picture under the other, each at full width, where the gallery shows them; the training
+# history is the gallery's thumbnail.
+# sphinx_gallery_multi_image = "single"
+# sphinx_gallery_thumbnail_number = 2
+
 from __future__ import annotations
 
 import argparse

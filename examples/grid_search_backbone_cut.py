@@ -117,7 +117,7 @@ def draw(table: pd.DataFrame, weights: str | None, cv: int, picture: Path | None
     backbones = list(dict.fromkeys(table.sort_index()["backbone"]))
     n_cuts = max(len(CANDIDATES[backbone][1]) for backbone in backbones)
     scores = np.full((len(backbones), n_cuts), np.nan)
-    figure, ax = plt.subplots(figsize=(2.2 + 2.1 * n_cuts, 1.6 + 0.9 * len(backbones)),
+    figure, ax = plt.subplots(figsize=(2.2 + 2.1 * n_cuts, 2.2 + 0.9 * len(backbones)),
                               layout="constrained")
     cells = []
     for row, backbone in enumerate(backbones):
