@@ -84,6 +84,9 @@ PICTURES_PAGE_IMAGES = (
     ("sphx_glr_plot_activations_002.png",
      "Grad-CAM of a FineTunedClassifier trained on a few hymenoptera images: the evidence "
      "for its prediction, within the part of the image it sees."),
+    ("sphx_glr_plot_activations_003.png",
+     "The training history of that classifier (plot_history): loss and accuracy per epoch, "
+     "the epoch it kept ringed, and in the title which weights it kept and why."),
 )
 
 
