@@ -11,8 +11,9 @@ import pytest
 from .conftest import HYMENOPTERA, REPO, needs_hymenoptera
 
 
-def run_example(name: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def run_example(name: str, *args: str, before: str | None = None) -> subprocess.CompletedProcess:
+    """Run an example; ``before``: a folder put on PYTHONPATH ahead of the checkout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [before, str(REPO)]))}
     return subprocess.run(
         [sys.executable, str(REPO / "examples" / name), *args],
         capture_output=True, text=True, env=env, timeout=900,
@@ -36,6 +37,20 @@ def test_quickstart_trains_scores_and_draws_its_confusion_matrix(tmp_path):
     assert "\r" not in result.stdout and "\x1b" not in result.stdout
     assert "input_shape" not in result.stderr
     assert _is_png(tmp_path / "confusion_matrix.png")
+
+
+def test_quickstart_without_matplotlib_scores_and_says_why_there_is_no_picture(tmp_path):
+    # matplotlib is optional for transferkit: a user without it still gets the accuracy.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['matplotlib'] = None  # as if it were not installed\n")
+    result = run_example("quickstart.py", "--n-images", "200", "--input-size", "32",
+                         "--picture", str(tmp_path / "confusion_matrix.png"),
+                         before=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert "test accuracy" in lines[-2]
+    assert lines[-1] == "no picture: matplotlib is not installed (pip install matplotlib)"
+    assert not (tmp_path / "confusion_matrix.png").exists()
 
 
 @needs_hymenoptera
