@@ -982,6 +982,7 @@ class TrainingHistoryDisplay:
         """
         import textwrap
 
+        from matplotlib.lines import Line2D
         from matplotlib.ticker import FixedLocator, MaxNLocator
 
         figure, grid = _panel_grid(ax, 1, 2, (10.0, 4.2))
@@ -1012,14 +1013,13 @@ class TrainingHistoryDisplay:
             panel.grid(alpha=0.3)
             self._name_phases(panel, starts)
         self.axes_[1].set_ylim(top=min(1.02, self.axes_[1].get_ylim()[1]))
-        handles = [
-            self.ax_.plot([], [], "o-", color="tab:blue", markersize=3, label="training")[0]]
+        handles = [Line2D([], [], marker="o", color="tab:blue", markersize=3,
+                          label="training")]
         if has_validation:
-            handles.append(self.ax_.plot(
-                [], [], "o-", color="tab:orange", markersize=3,
-                label="validation (images held out of the training set)")[0])
-        handles.append(self.ax_.plot([], [], "o", color="black", markersize=10,
-                                     markerfacecolor="none", label="kept epoch")[0])
+            handles.append(Line2D([], [], marker="o", color="tab:orange", markersize=3,
+                                  label="validation (images held out of the training set)"))
+        handles.append(Line2D([], [], marker="o", linestyle="", color="black", markersize=10,
+                              markerfacecolor="none", label="kept epoch"))
         figure.legend(handles=handles, loc="outside lower center", ncols=len(handles),
                       frameon=False, fontsize=9)
         title = "Training history: loss and accuracy per epoch"
