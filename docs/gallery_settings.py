@@ -63,7 +63,7 @@ _ARGS = {
     + ([] if SHARED_MODELS.is_dir() else ["--weights", "none"]),
     "mixed_tabular_images": ["--n-images", "400", "--input-size", "96"],
     "plot_activations": ["--out-dir", str(PICTURES), "--input-size", "224"]
-    + (["--folder", str(HYMENOPTERA / "train"), "--n-per-class", "12", "--epochs", "1"]
+    + (["--folder", str(HYMENOPTERA / "train"), "--n-per-class", "12", "--epochs", "3"]
        if (HYMENOPTERA / "train").is_dir() else []),
     "rank_cuts_with_logme": [str(HYMENOPTERA), "--n-per-class", "20", "--input-size", "96",
                              "--top", "2", "--epochs", "1"],

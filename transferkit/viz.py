@@ -1016,7 +1016,8 @@ class TrainingHistoryDisplay:
         handles = [Line2D([], [], marker="o", color="tab:blue", markersize=3,
                           label="training")]
         if has_validation:
-            handles.append(Line2D([], [], marker="o", color="tab:orange", markersize=3,
+            handles.append(Line2D([], [], marker="o", linestyle="--", color="tab:orange",
+                                  markersize=3,
                                   label="validation (images held out of the training set)"))
         handles.append(Line2D([], [], marker="o", linestyle="", color="black", markersize=10,
                               markerfacecolor="none", label="kept epoch"))
@@ -1036,7 +1037,9 @@ class TrainingHistoryDisplay:
                     kept: int) -> None:
         epochs = start + 1 + np.arange(len(phase["loss"]))
         curves = {}
-        for key, colour in ((metric, "tab:blue"), (f"val_{metric}", "tab:orange")):
+        # Validation dashed: where it equals training (an accuracy of 1.0), both show.
+        for key, colour, style in ((metric, "tab:blue", "o-"),
+                                   (f"val_{metric}", "tab:orange", "o--")):
             values = np.asarray(phase.get(key, ()), dtype=float)
             if values.size == len(epochs):
                 x = epochs
@@ -1044,7 +1047,7 @@ class TrainingHistoryDisplay:
                     # Where the phase started from: the weights it can fall back to.
                     x = np.concatenate([[start + 0.5], epochs])
                     values = np.concatenate([[phase["initial_val_loss"]], values])
-                panel.plot(x, values, "o-", color=colour, markersize=3, linewidth=1.5)
+                panel.plot(x, values, style, color=colour, markersize=3, linewidth=1.5)
                 curves[key] = (x, values)
         # The ring goes on the curve that decided what was kept: validation where it ran.
         decided = curves.get(f"val_{metric}", curves.get(metric))
