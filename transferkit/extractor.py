@@ -48,6 +48,12 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         preprocessing: it must contain its own, and its own weights are used, as they are
         at each ``transform``: train it further and the next ``transform`` computes every
         image with the new weights (cached features are keyed by the weights that made them).
+        A keras-hub preset (``pip install "transferkit[hub]"``): ``"hub:<preset name>"``
+        (e.g. ``"hub:dinov2_small"``, downloaded once by keras-hub) or the path of a preset
+        directory (what ``Backbone.save_to_preset`` and ``ImageConverter.save_to_preset``
+        write: how weights come to a machine without internet), preprocessed by the
+        preset's own image converter; ``weights="imagenet"`` then means the preset's own
+        weights.
     weights : {"imagenet"}, None or path, default="imagenet"
         ``"imagenet"`` loads the pretrained weights through Keras' own download and
         cache (``$KERAS_HOME/models``), ``None`` initialises randomly, and a path loads a
@@ -60,8 +66,12 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         layer name, an index into ``model.layers`` (negative counts from the end), or a
         block name such as ``"block4"`` (VGG) or ``"conv4"`` (ResNet) that resolves to
         the last layer of that block; see :func:`transferkit.list_cut_points`.
-    pooling : {"avg", "max"} or None, default="avg"
-        Global pooling over the spatial axes of the cut output; ``None`` flattens it.
+    pooling : {"avg", "max", "cls", "cls+avg"} or None, default="avg"
+        Global pooling over the spatial axes of the cut output; ``None`` flattens it. For
+        a vision transformer's tokens, "avg" and "max" pool the patch tokens (neither the
+        class token nor registers), "cls" takes the class token and "cls+avg" concatenates
+        both (the linear-probe features of DINOv2). Cut points of a transformer are its
+        blocks: ``cut="block3"`` is the output of the third.
     input_size : int or (int, int), default=None
         ``(height, width)`` the network sees; the backbone's default when None.
     crop_fraction : float, default=1.0
@@ -188,7 +198,7 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
             "nor a keras.Model."),
         "backbone_kwargs": Satisfies(optional_dict,
                                      "backbone_kwargs must be a dict or None, got {kind}."),
-        "pooling": Options(POOLINGS, "use 'avg', 'max' or None (flatten)"),
+        "pooling": Options(POOLINGS, "use 'avg', 'max', 'cls', 'cls+avg' or None (flatten)"),
         "batch_size": Integer(1, none_means="automatic"),
         "crop_fraction": Real(0, 1, "(]", "1.0 keeps the whole image, 0.875 its central 87.5% "
                                           "(ImageNet's evaluation framing)"),
@@ -207,8 +217,12 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
     def _fingerprint(self, weights: Any) -> bytes | None:
         """Digest of every parameter that determines the output; None if not reproducible."""
         from .backbones import get_backbone_spec, resolve_input_size
+        from .hub_backbones import hub_identity, is_hub_backbone
 
-        if isinstance(self.backbone, str):
+        if is_hub_backbone(self.backbone):
+            identity = hub_identity(self.backbone, weights, self.random_state)
+            backbone, size = os.fspath(self.backbone), self.input_size
+        elif isinstance(self.backbone, str):
             identity = weights_identity(weights, self.random_state)
             spec = get_backbone_spec(self.backbone)
             backbone = spec.name

@@ -213,8 +213,9 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         ``head_init``). They run on cached pooled features and cost almost nothing.
     batch_size : int, default=32
         Images per training step and per forward pass.
-    pooling : {"avg", "max"} or None, default="avg"
-        Global pooling of the cut output; ``None`` flattens it.
+    pooling : {"avg", "max", "cls", "cls+avg"} or None, default="avg"
+        Global pooling of the cut output; ``None`` flattens it. "cls" and "cls+avg" take a
+        vision transformer's class token, as in :class:`KerasFeatureExtractor`.
     dropout : float, default=0.2
         Dropout rate in front of each dense layer of the head.
     hidden_units : int or None, default=None
@@ -458,7 +459,7 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         "learning_rate": Real(0),
         "head_learning_rate": Real(0),
         "head_l2": Real(0, brackets="[)"),
-        "pooling": Options(POOLINGS, "use 'avg', 'max' or None (flatten)"),
+        "pooling": Options(POOLINGS, "use 'avg', 'max', 'cls', 'cls+avg' or None (flatten)"),
         "crop_fraction": Real(0, 1, "(]", "1 keeps the whole image", also=("auto",)),
         "dropout": Real(0, 1, "[)"),
         "hidden_units": Integer(1, none_means="no hidden layer"),

@@ -84,14 +84,17 @@ def resolve_freeze(full: Any, cut_layer: Any, freeze_until: Any, *, module: str,
                    backbone_kwargs: dict | None, cut: Any) -> Any:
     """The last frozen layer (None: nothing frozen), checked to come before the cut."""
     from .cut_points import list_cut_points, resolve_cut
+    from .hub_backbones import HUB_MODULE, hub_block_ends
 
     order = {id(op): i for i, op in enumerate(full.operations)}
     cut_position = order[id(cut_layer)]
     if freeze_until is None:
         return None
     if isinstance(freeze_until, str) and freeze_until == "auto":
-        ends = [resolve_cut(full, block, module)
-                for block in list_cut_points(name, backbone_kwargs)]
+        # A keras-hub model carries its blocks; a name is looked up in keras.applications.
+        blocks = (hub_block_ends(full) if module == HUB_MODULE
+                  else list_cut_points(name, backbone_kwargs))
+        ends = [resolve_cut(full, block, module) for block in blocks]
         before = [op for op in ends if order[id(op)] < cut_position]
         return before[-1] if before else None
     layer = resolve_cut(full, freeze_until, module)
@@ -181,7 +184,7 @@ def build_finetune_network(
         x = activations
         if suffix is not None:
             x = suffix(activations, training=None if train_batchnorm else False)
-        x = pool(x, pooling)
+        x = pool(x, pooling, trunk.prefix_tokens)
         pooled_net = keras.Model(activations, x, name="pooled")
 
         regularizer = keras.regularizers.L2(head_l2) if head_l2 else None

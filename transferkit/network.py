@@ -41,7 +41,10 @@ __all__ = ["NetworkLayout", "Trunk", "build_feature_network", "build_trunk", "ma
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("avg", "max", None)
+POOLINGS = ("avg", "max", "cls", "cls+avg", None)
+"""What ``pooling=`` takes. For a vision transformer's tokens, "avg" and "max" pool the patch
+tokens (not the class token nor registers), "cls" is the class token and "cls+avg" both,
+concatenated (the usual linear-probe features of DINOv2)."""
 
 Pass = Callable[[np.ndarray], np.ndarray]
 """A forward pass: float32 batch (images or activations) -> ndarray, one row per item."""
@@ -94,6 +97,9 @@ class Trunk:
     input_size: tuple[int, int]
     preprocess: Callable[[Any], Any] | None
     preprocessing: str
+    prefix_tokens: int | None = None
+    """For a vision transformer, the tokens before the patch tokens (class token,
+    registers); None for a spatial map."""
 
 
 # ---------------------------------------------------------------------- building
@@ -122,7 +128,15 @@ def build_trunk(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
     """
     from .backbones import build_backbone, get_backbone_spec, resolve_input_size
     from .cut_points import resolve_cut
+    from .hub_backbones import HUB_MODULE, build_hub_backbone, is_hub_backbone
 
+    if is_hub_backbone(backbone):
+        size = None if input_size is None else resolve_input_size(input_size, 0)
+        with seeded_keras_init(random_state):
+            hub = build_hub_backbone(backbone, weights=weights, input_size=size,
+                                     backbone_kwargs=backbone_kwargs)
+        return Trunk(hub.full, resolve_cut(hub.full, cut, HUB_MODULE), hub.name, HUB_MODULE,
+                     hub.input_size, hub.preprocess, "keras_hub", hub.prefix_tokens)
     if isinstance(backbone, str):
         spec = get_backbone_spec(backbone)
         size = resolve_input_size(input_size, spec.default_size)
@@ -160,10 +174,36 @@ def build_trunk(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
                  "user_model")
 
 
-def pool(x: Any, pooling: str | None) -> Any:
-    """Global average or max pooling of a spatial map; anything else is flattened."""
+def pool(x: Any, pooling: str | None, prefix_tokens: int | None = None) -> Any:
+    """Global average or max pooling of a spatial map or of a transformer's patch tokens;
+    the class token ("cls", "cls+avg"); anything else is flattened.
+
+    ``prefix_tokens`` is the number of tokens before the patch tokens (class token and
+    registers), None for a spatial map.
+    """
     import keras
 
+    if len(x.shape) == 3 and prefix_tokens is not None and pooling is not None:
+        patches = x[:, prefix_tokens:, :]
+        average = keras.ops.mean(patches, axis=1)
+        if pooling == "avg":
+            return average
+        if pooling == "max":
+            return keras.ops.max(patches, axis=1)
+        if prefix_tokens == 0:
+            raise ValueError(
+                f"pooling={pooling!r} needs a class token, and this transformer has none "
+                "(SigLIP pools its tokens with its own attention head: cut=None gives that "
+                "embedding). Use pooling='avg' or 'max' over the patch tokens."
+            )
+        if pooling == "cls":
+            return x[:, 0, :]
+        return keras.ops.concatenate([x[:, 0, :], average], axis=-1)
+    if pooling in ("cls", "cls+avg") and len(x.shape) != 2:
+        raise ValueError(
+            f"pooling={pooling!r} takes a vision transformer's class token; this cut outputs "
+            f"a spatial map of shape {tuple(x.shape[1:])}. Use pooling='avg' or 'max'."
+        )
     if len(x.shape) == 4 and pooling == "avg":
         return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if len(x.shape) == 4 and pooling == "max":
@@ -204,7 +244,7 @@ def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: 
             # float32 whatever the policy: a bfloat16 crop would round the pixel values.
             x = CentralCrop(size[0], size[1], dtype="float32", name="central_crop")(x)
         x = trunk.preprocess(x) if trunk.preprocess is not None else x
-        x = pool(truncate(trunk.full, trunk.cut_layer)(x), pooling)
+        x = pool(truncate(trunk.full, trunk.cut_layer)(x), pooling, trunk.prefix_tokens)
         # Features leave the model as float32 whatever the compute precision.
         x = keras.layers.Activation("linear", dtype="float32", name="features")(x)
     model = keras.Model(pixels, x, name=f"{trunk.name}_features")

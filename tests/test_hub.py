@@ -1,0 +1,221 @@
+"""keras-hub presets as backbones: a preset directory loaded by path gives the features
+keras-hub's own pipeline gives (its image converter, its backbone, the same pooling), through
+the extractor, the cache, a cut, save/load in a fresh process, and fine-tuning.
+
+No network here: tiny random configurations are built with keras-hub and saved with
+``save_to_preset``, once per session, as an offline user would bring a downloaded preset.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+keras_hub = pytest.importorskip("keras_hub")
+import keras  # noqa: E402
+
+from transferkit import FineTunedClassifier, KerasFeatureExtractor, list_cut_points  # noqa: E402
+from transferkit.cache import MemoryFeatureCache  # noqa: E402
+from transferkit.hub_backbones import PresetUnavailableError  # noqa: E402
+from transferkit.persistence import save  # noqa: E402
+
+from .conftest import REPO  # noqa: E402
+
+SIZE = 32
+# ImageNet's mean and standard deviation, as DINOv2's converter applies them.
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+def _dinov2():
+    backbone = keras_hub.models.DINOV2Backbone(
+        patch_size=8, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32,
+        num_register_tokens=2, image_shape=(SIZE, SIZE, 3),
+        position_embedding_shape=(SIZE, SIZE, 3))
+    converter = keras_hub.layers.DINOV2ImageConverter(
+        image_size=(SIZE, SIZE), scale=list(1 / (255 * STD)), offset=list(-MEAN / STD))
+    return backbone, converter
+
+
+def _siglip():
+    vision = keras_hub.models.SigLIPVisionEncoder(
+        patch_size=8, hidden_dim=16, num_layers=2, num_heads=2, intermediate_dim=32,
+        image_shape=(SIZE, SIZE, 3))
+    text = keras_hub.models.SigLIPTextEncoder(
+        vocabulary_size=16, embedding_dim=16, hidden_dim=16, num_layers=1, num_heads=2,
+        intermediate_dim=32, max_sequence_length=8)
+    backbone = keras_hub.models.SigLIPBackbone(vision, text)
+    converter = keras_hub.layers.SigLIPImageConverter(
+        image_size=(SIZE, SIZE), scale=1 / 127.5, offset=-1.0)
+    return backbone, converter
+
+
+def _resnet():
+    # keras-hub's ResNet needs 64 filters in its first stage.
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 64],
+        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
+        use_pre_activation=False, image_shape=(None, None, 3))
+    converter = keras_hub.layers.ResNetImageConverter(
+        image_size=(SIZE, SIZE), scale=list(1 / (255 * STD)), offset=list(-MEAN / STD))
+    return backbone, converter
+
+
+BUILDERS = {"dinov2": _dinov2, "siglip": _siglip, "resnet": _resnet}
+
+
+@pytest.fixture(scope="session")
+def presets(tmp_path_factory):
+    """name -> (preset directory, keras-hub backbone, keras-hub image converter)."""
+    root = tmp_path_factory.mktemp("hub_presets")
+    made = {}
+    for name, build in BUILDERS.items():
+        keras.utils.set_random_seed(0)
+        backbone, converter = build()
+        backbone.save_to_preset(str(root / name))
+        converter.save_to_preset(str(root / name))
+        made[name] = (str(root / name), backbone, converter)
+    return made
+
+
+@pytest.fixture(scope="session")
+def images():
+    return np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 3)).astype("uint8")
+
+
+def keras_hub_features(presets, name, images, pooling, stage=None):
+    """What keras-hub itself computes: converter, backbone (or its block ``stage``), pooling."""
+    _, backbone, converter = presets[name]
+    tower = getattr(backbone, "vision_encoder", backbone)
+    pixels = converter(images.astype("float32"))
+    if stage is None:
+        inputs = tower.input
+        out = tower({next(iter(inputs)): pixels} if isinstance(inputs, dict) else pixels)
+    elif hasattr(tower, "pyramid_outputs"):
+        out = keras.Model(tower.inputs, tower.pyramid_outputs[stage])(pixels)
+    else:
+        out = keras.Model(tower.inputs, tower.get_layer(stage).output)(pixels)
+    out = keras.ops.convert_to_numpy(out)
+    if out.ndim == 4:
+        return out.mean(axis=(1, 2))
+    if out.ndim == 2:
+        return out
+    prefix = 1 + tower.num_register_tokens if hasattr(tower, "num_register_tokens") else 0
+    average = out[:, prefix:].mean(axis=1)
+    return {"avg": average, "cls": out[:, 0],
+            "cls+avg": np.concatenate([out[:, 0], average], axis=1)}[pooling]
+
+
+@pytest.mark.parametrize(("name", "pooling"), [
+    ("dinov2", "cls+avg"), ("dinov2", "cls"), ("dinov2", "avg"), ("siglip", "avg"),
+    ("resnet", "avg"),
+])
+def test_features_of_a_preset_directory_equal_keras_hubs_own(presets, images, name, pooling):
+    directory = presets[name][0]
+    features = KerasFeatureExtractor(directory, pooling=pooling).fit_transform(images)
+    expected = keras_hub_features(presets, name, images, pooling)
+    assert features.shape == expected.shape
+    np.testing.assert_allclose(features, expected, rtol=0, atol=1e-5)
+
+
+def test_the_hub_prefix_takes_a_preset_directory_too(presets, images):
+    directory = presets["dinov2"][0]
+    by_path = KerasFeatureExtractor(directory).fit_transform(images)
+    by_prefix = KerasFeatureExtractor(f"hub:{directory}").fit_transform(images)
+    np.testing.assert_array_equal(by_prefix, by_path)
+
+
+def test_transformer_cut_points_are_its_blocks_and_convnet_ones_its_pyramid(presets):
+    assert list_cut_points(presets["dinov2"][0]) == ["block1", "block2"]
+    assert list_cut_points(presets["siglip"][0]) == ["block1", "block2"]
+    assert list_cut_points(presets["resnet"][0]) == ["P2", "P3"]
+
+
+@pytest.mark.parametrize(("name", "cut", "stage"), [
+    ("dinov2", "block1", "stage1"), ("siglip", "block1", "encoder_block_0"),
+    ("resnet", "P2", "P2"),
+])
+def test_a_cut_at_block_k_is_the_output_of_block_k(presets, images, name, cut, stage):
+    features = KerasFeatureExtractor(presets[name][0], cut=cut).fit_transform(images)
+    expected = keras_hub_features(presets, name, images, "avg", stage=stage)
+    np.testing.assert_allclose(features, expected, rtol=0, atol=1e-5)
+
+
+def test_a_class_token_pooling_of_a_model_without_one_says_what_to_use(presets, images):
+    extractor = KerasFeatureExtractor(presets["siglip"][0], cut="block2", pooling="cls")
+    with pytest.raises(ValueError, match="has none.*pooling='avg'"):
+        extractor.fit(images)
+
+
+def test_weights_none_is_the_same_architecture_randomly_initialised(presets, images):
+    directory = presets["dinov2"][0]
+    preset = KerasFeatureExtractor(directory).fit(images)
+    random = KerasFeatureExtractor(directory, weights=None, random_state=1).fit(images)
+    assert [w.shape for w in random.model_.weights] == [w.shape for w in preset.model_.weights]
+    assert not np.allclose(random.transform(images), preset.transform(images))
+
+
+def test_cached_features_of_a_preset_are_identical_to_computed_ones(presets, images):
+    cache = MemoryFeatureCache()
+    first = KerasFeatureExtractor(presets["siglip"][0], cache=cache).fit_transform(images)
+    again = KerasFeatureExtractor(presets["siglip"][0], cache=cache).fit_transform(images)
+    assert cache.hits == len(images)
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_allclose(first, keras_hub_features(presets, "siglip", images, "avg"),
+                               rtol=0, atol=1e-5)
+
+
+def test_a_saved_extractor_gives_the_same_features_in_a_fresh_process(presets, images,
+                                                                        tmp_path):
+    expected = keras_hub_features(presets, "dinov2", images, "cls+avg")
+    extractor = KerasFeatureExtractor(presets["dinov2"][0], pooling="cls+avg").fit(images)
+    save(extractor, tmp_path / "extractor.tkz")
+    np.savez(tmp_path / "expected.npz", X=images, features=expected)
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from transferkit.persistence import load
+
+        expected = np.load({str(tmp_path / "expected.npz")!r})
+        extractor = load({str(tmp_path / "extractor.tkz")!r})
+        difference = np.abs(extractor.transform(expected["X"]) - expected["features"]).max()
+        assert difference < 1e-5, difference
+        print("same features")
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HTTPS_PROXY": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "same features" in result.stdout
+
+
+def test_a_preset_name_that_cannot_be_downloaded_says_how_to_bring_the_directory(images):
+    started = time.monotonic()
+    with pytest.raises(PresetUnavailableError) as raised:
+        KerasFeatureExtractor("hub:dinov2_small").fit(images)
+    message = str(raised.value)
+    assert "'dinov2_small'" in message
+    assert "save_to_preset" in message and "copy" in message and "path" in message
+    assert time.monotonic() - started < 30  # offline, keras-hub fails at once
+
+
+def test_a_preset_directory_without_its_image_converter_says_how_to_save_it(presets, images,
+                                                                            tmp_path):
+    presets["resnet"][1].save_to_preset(str(tmp_path / "bare"))
+    with pytest.raises(FileNotFoundError, match="image_converter.save_to_preset"):
+        KerasFeatureExtractor(str(tmp_path / "bare")).fit(images)
+
+
+def test_the_finetuned_classifier_fits_and_predicts_with_a_preset(presets, images):
+    X = np.concatenate([images, images[:, ::-1]])
+    y = np.array([0, 1, 0, 1, 1, 0, 1, 0])
+    classifier = FineTunedClassifier(presets["dinov2"][0], pooling="cls+avg", epochs=1,
+                                     head_epochs=2, batch_size=4, random_state=0)
+    classifier.fit(X, y)
+    assert classifier.predict_proba(X).shape == (8, 2)
+    assert set(classifier.predict(X)) <= {0, 1}
