@@ -219,3 +219,28 @@ def test_the_finetuned_classifier_fits_and_predicts_with_a_preset(presets, image
     classifier.fit(X, y)
     assert classifier.predict_proba(X).shape == (8, 2)
     assert set(classifier.predict(X)) <= {0, 1}
+
+
+def test_the_command_line_extracts_features_of_a_preset_directory(presets, images, tmp_path):
+    from PIL import Image
+
+    from transferkit.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"image_{k}.png")
+    output = tmp_path / "features.npz"
+    assert main(["extract", str(folder), "-o", str(output), "--quiet",
+                 "--backbone", presets["dinov2"][0], "--pooling", "cls+avg"]) == 0
+    saved = np.load(output)
+    np.testing.assert_allclose(saved["features"],
+                               keras_hub_features(presets, "dinov2", images, "cls+avg"),
+                               rtol=0, atol=1e-5)
+
+
+def test_the_command_line_lists_a_presets_cut_points(presets, capsys):
+    from transferkit.cli import main
+
+    assert main(["cut-points", presets["dinov2"][0]]) == 0
+    assert capsys.readouterr().out.split() == ["block1", "block2"]
