@@ -244,3 +244,24 @@ def test_the_command_line_lists_a_presets_cut_points(presets, capsys):
 
     assert main(["cut-points", presets["dinov2"][0]]) == 0
     assert capsys.readouterr().out.split() == ["block1", "block2"]
+
+
+def test_openvino_runs_a_preset_as_tensorflow_does(presets, images):
+    pytest.importorskip("openvino")
+    directory = presets["dinov2"][0]
+    compiled = KerasFeatureExtractor(directory, runtime="openvino").fit_transform(images)
+    traced = KerasFeatureExtractor(directory).fit_transform(images)
+    np.testing.assert_allclose(compiled, traced, rtol=0, atol=1e-5)
+
+
+def test_a_network_openvino_cannot_convert_says_to_use_tensorflow(presets, images,
+                                                                  monkeypatch):
+    openvino = pytest.importorskip("openvino")
+
+    def unconvertible(*args, **kwargs):
+        raise RuntimeError("Cannot create Einsum layer from unsupported opset")
+
+    monkeypatch.setattr(openvino, "convert_model", unconvertible)
+    extractor = KerasFeatureExtractor(presets["siglip"][0], runtime="openvino")
+    with pytest.raises(RuntimeError, match="cannot convert.*Einsum.*runtime='tensorflow'"):
+        extractor.fit(images)
