@@ -170,28 +170,40 @@ def test_cached_features_of_a_preset_are_identical_to_computed_ones(presets, ima
                                rtol=0, atol=1e-5)
 
 
-def test_a_saved_extractor_gives_the_same_features_in_a_fresh_process(presets, images,
-                                                                        tmp_path):
+def test_saved_estimators_load_in_a_fresh_process_without_their_preset(presets, images,
+                                                                       tmp_path):
+    import shutil
+
+    # A copy of the preset, deleted before loading: the file must carry all it needs.
+    directory = shutil.copytree(presets["dinov2"][0], tmp_path / "dinov2")
     expected = keras_hub_features(presets, "dinov2", images, "cls+avg")
-    extractor = KerasFeatureExtractor(presets["dinov2"][0], pooling="cls+avg").fit(images)
+    extractor = KerasFeatureExtractor(str(directory), pooling="cls+avg").fit(images)
+    classifier = FineTunedClassifier(str(directory), epochs=1, head_epochs=2, batch_size=4,
+                                     random_state=0).fit(images, [0, 1, 0, 1])
     save(extractor, tmp_path / "extractor.tkz")
-    np.savez(tmp_path / "expected.npz", X=images, features=expected)
+    save(classifier, tmp_path / "classifier.tkz")
+    np.savez(tmp_path / "expected.npz", X=images, features=expected,
+             proba=classifier.predict_proba(images))
+    shutil.rmtree(directory)
     script = textwrap.dedent(f"""
         import numpy as np
         from transferkit.persistence import load
 
         expected = np.load({str(tmp_path / "expected.npz")!r})
         extractor = load({str(tmp_path / "extractor.tkz")!r})
+        classifier = load({str(tmp_path / "classifier.tkz")!r})
         difference = np.abs(extractor.transform(expected["X"]) - expected["features"]).max()
         assert difference < 1e-5, difference
-        print("same features")
+        assert np.array_equal(classifier.predict_proba(expected["X"]), expected["proba"])
+        print("same features and probabilities")
     """)
+    # No network: loading must not fetch anything.
     env = {**os.environ, "PYTHONPATH": str(REPO), "HTTPS_PROXY": "http://127.0.0.1:9",
            "HTTP_PROXY": "http://127.0.0.1:9"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "same features" in result.stdout
+    assert "same features and probabilities" in result.stdout
 
 
 def test_a_preset_name_that_cannot_be_downloaded_says_how_to_bring_the_directory(images):

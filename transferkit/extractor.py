@@ -254,12 +254,14 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         current = weights_identity(None, None, model=self.model_)
         return fingerprint({"built": self._fingerprint_.hex(), "weights": current})
 
-    def _build_network(self, weights: Any) -> tuple[Any, Any]:
+    def _build_network(self, weights: Any, hub_preset: dict | None = None
+                       ) -> tuple[Any, Any]:
         """``(model, layout)`` of the feature network these parameters describe."""
         return build_feature_network(
             self.backbone, weights=weights, input_size=self.input_size, cut=self.cut,
             backbone_kwargs=self.backbone_kwargs, random_state=self.random_state,
             crop_fraction=self.crop_fraction, pooling=self.pooling, precision=self.precision,
+            hub_preset=hub_preset,
         )
 
     def _make_forward(self, model: Any, source_size: tuple[int, int]) -> Any:
@@ -276,6 +278,12 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         self.source_size_ = layout.source_size
         self.preprocessing_ = layout.preprocessing
         self.n_features_out_ = layout.n_features
+        # A keras-hub backbone's architecture travels with the estimator, so that loading
+        # it needs neither the preset directory nor a download.
+        if layout.hub_preset is not None:
+            self.hub_preset_ = layout.hub_preset
+        else:
+            vars(self).pop("hub_preset_", None)
 
     def _assemble(self, weights: Any) -> None:
         self._fingerprint_ = self._fingerprint(weights)
@@ -292,7 +300,7 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         # The memo is bypassed: this model's weights are the pickled ones. What the build
         # determines is taken from the build, not from the state, so that the network and
         # the attributes describing it cannot disagree.
-        model, layout = self._build_network(None)
+        model, layout = self._build_network(None, getattr(self, "hub_preset_", None))
         model.set_weights(weights_for(weights, model))
         # The folded (or converted) copy holds its own weights: made from the restored ones.
         self._set_network(model, self._make_forward(model, layout.source_size), layout)

@@ -126,6 +126,7 @@ def build_finetune_network(
     n_classes: int,
     seeds: dict[str, int],
     framing: float | None = None,
+    hub_preset: dict | None = None,
 ) -> FineTuneNetwork:
     """Build every network of a fine-tuned classifier; deterministic given ``seeds``.
 
@@ -135,7 +136,7 @@ def build_finetune_network(
     central part is the input for the smallest framing ``crop_fraction`` allows
     (:func:`transferkit.augmentation.framings`); ``framing`` is the one the central view
     keeps (default: the first allowed; a fit that chooses between them calls
-    :func:`reframed`).
+    :func:`reframed`); ``hub_preset`` is that of :func:`transferkit.network.build_trunk`.
 
     Returns
     -------
@@ -147,7 +148,8 @@ def build_finetune_network(
 
     layers = keras.layers
     trunk = build_trunk(backbone, weights=weights, input_size=input_size, cut=cut,
-                        backbone_kwargs=backbone_kwargs, random_state=seeds["init"])
+                        backbone_kwargs=backbone_kwargs, random_state=seeds["init"],
+                        hub_preset=hub_preset)
     full, cut_layer, size = trunk.full, trunk.cut_layer, trunk.input_size
     freeze_layer = resolve_freeze(full, cut_layer, freeze_until, module=trunk.module,
                                   name=trunk.name, backbone_kwargs=backbone_kwargs, cut=cut)
@@ -202,7 +204,7 @@ def build_finetune_network(
     trainable_net = keras.Model(activations, head(pooled_net(activations)), name="tuned")
     layout = NetworkLayout(trunk.name, cut_layer.name, size,
                            source_size(size, min(framings(crop_fraction))),
-                           trunk.preprocessing, n_classes)
+                           trunk.preprocessing, n_classes, trunk.hub_preset)
     framing = framings(crop_fraction)[0] if framing is None else framing
     return FineTuneNetwork(**_pixel_networks(prefix, trainable_net, layout, framing,
                                              augmentations, seeds["augment"]),

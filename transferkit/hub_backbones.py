@@ -71,6 +71,9 @@ class HubBackbone:
     prefix_tokens : int or None
         Tokens before the patch tokens (class token and registers) for a transformer,
         None for a ConvNet.
+    architecture : dict
+        The Keras serialisation of the backbone and of the image converter (plain data):
+        what builds the same network again without the preset (a saved estimator).
     """
 
     full: Any
@@ -79,6 +82,7 @@ class HubBackbone:
     scale: np.ndarray | None
     offset: np.ndarray | None
     prefix_tokens: int | None
+    architecture: dict
 
     def preprocess(self, x: Any) -> Any:
         """The image converter's rescaling, in the graph: ``x * scale + offset``."""
@@ -112,7 +116,8 @@ def _source(backbone: Any) -> str:
 
 
 def _display_name(source: str) -> str:
-    return Path(source).name if Path(source).is_dir() else source
+    # The same for a directory and for the file that saved it once the directory is gone.
+    return Path(source).name
 
 
 def _keras_hub() -> Any:
@@ -239,7 +244,8 @@ def _flat(backbone: Any) -> tuple[Any, dict[str, str]]:
 
 
 def build_hub_backbone(backbone: Any, *, weights: Any, input_size: tuple[int, int] | None,
-                       backbone_kwargs: dict | None = None) -> HubBackbone:
+                       backbone_kwargs: dict | None = None,
+                       architecture: dict | None = None) -> HubBackbone:
     """Load a keras-hub preset as a :class:`HubBackbone`.
 
     Parameters
@@ -257,6 +263,10 @@ def build_hub_backbone(backbone: Any, *, weights: Any, input_size: tuple[int, in
         transformers interpolate their position embeddings).
     backbone_kwargs : None
         Not taken: a preset fixes its architecture.
+    architecture : dict, default=None
+        ``HubBackbone.architecture`` of an earlier build: the same network is built from it,
+        randomly initialised, without reading or downloading the preset (``weights`` and
+        ``input_size`` are then ignored).
 
     Returns
     -------
@@ -280,12 +290,26 @@ def build_hub_backbone(backbone: Any, *, weights: Any, input_size: tuple[int, in
             "weights=None. To use other weights, save them as a preset directory "
             "(Backbone.save_to_preset) and pass its path as backbone."
         )
+    import keras
+
     source = _source(backbone)
-    image_shape = None if input_size is None else (input_size[0], input_size[1], 3)
-    model, converter = _load(source, load_weights=weights is not None, image_shape=image_shape)
-    # An image-text model (SigLIP, CLIP): its image tower is the backbone.
-    model = getattr(model, "vision_encoder", model)
+    if architecture is not None:
+        model = keras.saving.deserialize_keras_object(architecture["backbone"])
+        converter = keras.saving.deserialize_keras_object(architecture["image_converter"])
+        input_size = tuple(architecture["input_size"])
+    else:
+        image_shape = None if input_size is None else (input_size[0], input_size[1], 3)
+        model, converter = _load(source, load_weights=weights is not None,
+                                 image_shape=image_shape)
+        # An image-text model (SigLIP, CLIP): its image tower is the backbone.
+        model = getattr(model, "vision_encoder", model)
     size = input_size if input_size is not None else _preset_size(model, converter)
+    # JSON's round trip, so that a saved estimator's copy deserialises as this one does.
+    described = json.loads(json.dumps({
+        "backbone": keras.saving.serialize_keras_object(model),
+        "image_converter": keras.saving.serialize_keras_object(converter),
+        "input_size": [int(size[0]), int(size[1])],
+    }))
     full, blocks = _flat(model)
     _BLOCKS[full] = blocks
 
@@ -296,7 +320,7 @@ def build_hub_backbone(backbone: Any, *, weights: Any, input_size: tuple[int, in
 
     return HubBackbone(full, _display_name(source), (int(size[0]), int(size[1])),
                        as_array(converter.scale), as_array(converter.offset),
-                       _prefix_tokens(model))
+                       _prefix_tokens(model), described)
 
 
 def hub_block_ends(model: Any) -> dict[str, str]:

@@ -70,6 +70,9 @@ class NetworkLayout:
         ``"user_model"``.
     n_features : int
         Width of the network's output per image.
+    hub_preset : dict or None
+        For a keras-hub backbone, what builds it again without its preset
+        (``transferkit.hub_backbones.HubBackbone.architecture``); None otherwise.
     """
 
     backbone_name: str
@@ -78,6 +81,7 @@ class NetworkLayout:
     source_size: tuple[int, int]
     preprocessing: str
     n_features: int
+    hub_preset: dict | None = None
 
 
 @dataclass
@@ -100,11 +104,14 @@ class Trunk:
     prefix_tokens: int | None = None
     """For a vision transformer, the tokens before the patch tokens (class token,
     registers); None for a spatial map."""
+    hub_preset: dict | None = None
+    """For a keras-hub backbone, what builds it again without its preset."""
 
 
 # ---------------------------------------------------------------------- building
 def build_trunk(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
-                backbone_kwargs: dict | None, random_state: Any) -> Trunk:
+                backbone_kwargs: dict | None, random_state: Any,
+                hub_preset: dict | None = None) -> Trunk:
     """Build a named backbone (or take a user's ``keras.Model``) and find its cut layer.
 
     Parameters
@@ -121,6 +128,9 @@ def build_trunk(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
         Constructor arguments of a named backbone.
     random_state : int, RandomState or None
         Seeds the initial weights (random ones, or layers ImageNet weights do not cover).
+    hub_preset : dict, default=None
+        For a keras-hub backbone, ``NetworkLayout.hub_preset`` of an earlier build: the
+        same network, randomly initialised, without its preset (loading a saved estimator).
 
     Returns
     -------
@@ -130,13 +140,15 @@ def build_trunk(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
     from .cut_points import resolve_cut
     from .hub_backbones import HUB_MODULE, build_hub_backbone, is_hub_backbone
 
-    if is_hub_backbone(backbone):
+    # A loaded estimator's preset directory may be gone: its architecture came with it.
+    if hub_preset is not None or is_hub_backbone(backbone):
         size = None if input_size is None else resolve_input_size(input_size, 0)
         with seeded_keras_init(random_state):
             hub = build_hub_backbone(backbone, weights=weights, input_size=size,
-                                     backbone_kwargs=backbone_kwargs)
+                                     backbone_kwargs=backbone_kwargs, architecture=hub_preset)
         return Trunk(hub.full, resolve_cut(hub.full, cut, HUB_MODULE), hub.name, HUB_MODULE,
-                     hub.input_size, hub.preprocess, "keras_hub", hub.prefix_tokens)
+                     hub.input_size, hub.preprocess, "keras_hub", hub.prefix_tokens,
+                     hub.architecture)
     if isinstance(backbone, str):
         spec = get_backbone_spec(backbone)
         size = resolve_input_size(input_size, spec.default_size)
@@ -216,10 +228,12 @@ def pool(x: Any, pooling: str | None, prefix_tokens: int | None = None) -> Any:
 def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
                           backbone_kwargs: dict | None, random_state: Any,
                           crop_fraction: float, pooling: str | None,
-                          precision: str) -> tuple[Any, NetworkLayout]:
+                          precision: str, hub_preset: dict | None = None
+                          ) -> tuple[Any, NetworkLayout]:
     """Pixels at the source size -> central crop -> preprocessing -> trunk -> pooling.
 
-    Parameters are those of :class:`transferkit.KerasFeatureExtractor`.
+    Parameters are those of :class:`transferkit.KerasFeatureExtractor`, and ``hub_preset``
+    that of :func:`build_trunk`.
 
     Returns
     -------
@@ -235,7 +249,8 @@ def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: 
 
     with keras_precision(precision):
         trunk = build_trunk(backbone, weights=weights, input_size=input_size, cut=cut,
-                            backbone_kwargs=backbone_kwargs, random_state=random_state)
+                            backbone_kwargs=backbone_kwargs, random_state=random_state,
+                            hub_preset=hub_preset)
         size = trunk.input_size
         source = source_size(size, crop_fraction)
         pixels = keras.Input((source[0], source[1], 3), dtype="float32", name="pixels")
@@ -249,7 +264,7 @@ def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: 
         x = keras.layers.Activation("linear", dtype="float32", name="features")(x)
     model = keras.Model(pixels, x, name=f"{trunk.name}_features")
     layout = NetworkLayout(trunk.name, trunk.cut_layer.name, size, source, trunk.preprocessing,
-                           int(x.shape[-1]))
+                           int(x.shape[-1]), trunk.hub_preset)
     logger.debug("built %s cut at %s: input %s, %d features", layout.backbone_name,
                  layout.cut_layer, size, layout.n_features)
     return model, layout
