@@ -66,7 +66,36 @@ def _resnet():
     return backbone, converter
 
 
-BUILDERS = {"dinov2": _dinov2, "siglip": _siglip, "resnet": _resnet}
+def _clip():
+    vision = keras_hub.models.CLIPVisionEncoder(
+        patch_size=8, hidden_dim=16, num_layers=2, num_heads=2, intermediate_dim=32,
+        image_shape=(SIZE, SIZE, 3))
+    converter = keras_hub.layers.CLIPImageConverter(image_size=(SIZE, SIZE), scale=1 / 255)
+    return vision, converter
+
+
+def _vit():
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(SIZE, SIZE, 3), patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+        mlp_dim=32)
+    converter = keras_hub.layers.ViTImageConverter(
+        image_size=(SIZE, SIZE), scale=1 / 127.5, offset=-1.0)
+    return backbone, converter
+
+
+def _dinov3():
+    backbone = keras_hub.models.DINOV3Backbone(
+        patch_size=8, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32,
+        num_register_tokens=2, image_shape=(SIZE, SIZE, 3))
+    converter = keras_hub.layers.DINOV3ImageConverter(image_size=(SIZE, SIZE), scale=1 / 255)
+    return backbone, converter
+
+
+BUILDERS = {"dinov2": _dinov2, "siglip": _siglip, "resnet": _resnet, "clip": _clip,
+            "vit": _vit, "dinov3": _dinov3}
+# Tokens before the patch tokens: the class token, then DINO's two registers here; SigLIP
+# has neither.
+PREFIX_TOKENS = {"dinov2": 3, "dinov3": 3, "clip": 1, "vit": 1, "siglip": 0}
 
 
 @pytest.fixture(scope="session")
@@ -105,15 +134,14 @@ def keras_hub_features(presets, name, images, pooling, stage=None):
         return out.mean(axis=(1, 2))
     if out.ndim == 2:
         return out
-    prefix = 1 + tower.num_register_tokens if hasattr(tower, "num_register_tokens") else 0
-    average = out[:, prefix:].mean(axis=1)
+    average = out[:, PREFIX_TOKENS[name]:].mean(axis=1)
     return {"avg": average, "cls": out[:, 0],
             "cls+avg": np.concatenate([out[:, 0], average], axis=1)}[pooling]
 
 
 @pytest.mark.parametrize(("name", "pooling"), [
     ("dinov2", "cls+avg"), ("dinov2", "cls"), ("dinov2", "avg"), ("siglip", "avg"),
-    ("resnet", "avg"),
+    ("resnet", "avg"), ("clip", "cls+avg"), ("vit", "cls+avg"), ("dinov3", "cls+avg"),
 ])
 def test_features_of_a_preset_directory_equal_keras_hubs_own(presets, images, name, pooling):
     directory = presets[name][0]
@@ -134,6 +162,13 @@ def test_transformer_cut_points_are_its_blocks_and_convnet_ones_its_pyramid(pres
     assert list_cut_points(presets["dinov2"][0]) == ["block1", "block2"]
     assert list_cut_points(presets["siglip"][0]) == ["block1", "block2"]
     assert list_cut_points(presets["resnet"][0]) == ["P2", "P3"]
+    assert list_cut_points(presets["clip"][0]) == ["block1", "block2"]
+
+
+def test_transformers_whose_blocks_run_inside_one_encoder_layer_list_none(presets):
+    # ViT's and DINOv3's encoders are single layers: no block output to end a cut at.
+    assert list_cut_points(presets["vit"][0]) == []
+    assert list_cut_points(presets["dinov3"][0]) == []
 
 
 @pytest.mark.parametrize(("name", "cut", "stage"), [

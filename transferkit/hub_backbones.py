@@ -41,7 +41,8 @@ HUB_PREFIX = "hub:"
 HUB_MODULE = "keras_hub"
 """The ``module`` of a hub trunk: its block names come from :func:`hub_block_ends`."""
 
-# Layers of a transformer's flat model that are not blocks even though they output tokens.
+# Layers of a transformer's flat model that are not blocks even though they output tokens:
+# a whole encoder (ViT's) holds all the blocks, so it is none of them.
 _NOT_BLOCKS = ("Embedding", "Normalization", "Pooling", "Dropout", "InputLayer")
 
 # Block name -> name of the layer ending it, for every flat model built here. Weak: a
@@ -213,8 +214,10 @@ def _flat(backbone: Any) -> tuple[Any, dict[str, str]]:
     import keras
 
     image_shape = tuple(backbone.inputs[0].shape[1:])
-    encoder = getattr(backbone, "encoder", None)
-    if hasattr(backbone, "embeddings") and isinstance(getattr(encoder, "layers", None), list):
+    # Only DINOv2's graph is known to be this chain; DINOv3's blocks also take its rotary
+    # position embeddings, and ViT's encoder ends in a normalisation of its own.
+    if type(backbone).__name__ == "DINOV2Backbone":
+        encoder = backbone.encoder
         images = keras.Input(image_shape, name="images")
         x = images
         for layer in [backbone.embeddings, *encoder.layers, backbone.layernorm]:
@@ -229,16 +232,20 @@ def _flat(backbone: Any) -> tuple[Any, dict[str, str]]:
     pyramid = getattr(backbone, "pyramid_outputs", None)
     transformer_blocks = [
         layer for layer in full.layers
-        if len(layer.output.shape) == 3
+        if len(getattr(layer.output, "shape", ())) == 3
         and not any(part in type(layer).__name__ for part in _NOT_BLOCKS)
+        and not type(layer).__name__.endswith("Encoder")
     ]
-    if _prefix_tokens(backbone) is not None and transformer_blocks:
+    if _prefix_tokens(backbone) is not None:
+        # A transformer whose blocks run inside one encoder layer (ViT, DINOv3) has none
+        # to cut at: cut=None, or a layer name.
         blocks = {f"block{k}": layer.name for k, layer in enumerate(transformer_blocks, 1)}
     elif isinstance(pyramid, dict):
         names = {layer.name for layer in full.layers}
         for key, tensor in pyramid.items():
             producer = tensor._keras_history.operation
-            if producer.name in names:
+            # A level made inside a layer of several outputs is no layer's output.
+            if producer.name in names and hasattr(producer.output, "shape"):
                 blocks[key] = producer.name
     return full, blocks
 
