@@ -258,6 +258,31 @@ def test_a_preset_directory_without_its_image_converter_says_how_to_save_it(pres
         KerasFeatureExtractor(str(tmp_path / "bare")).fit(images)
 
 
+def test_a_hub_directory_that_is_no_preset_says_what_to_pass(images, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json.*save_to_preset"):
+        KerasFeatureExtractor(f"hub:{tmp_path}").fit(images)
+
+
+def test_a_weights_file_for_a_preset_is_refused_with_the_way_out(presets, images, tmp_path):
+    extractor = KerasFeatureExtractor(presets["resnet"][0], weights=str(tmp_path / "w.h5"))
+    with pytest.raises(ValueError, match="weights=None.*save them as a preset directory"):
+        extractor.fit(images)
+
+
+def test_a_preset_rewritten_in_place_is_not_served_from_the_cache(presets, images, tmp_path):
+    directory = str(tmp_path / "resnet")
+    presets["resnet"][1].save_to_preset(directory)
+    presets["resnet"][2].save_to_preset(directory)
+    cache = MemoryFeatureCache()
+    before = KerasFeatureExtractor(directory, cache=cache).fit_transform(images)
+    keras.utils.set_random_seed(1)
+    retrained, _ = _resnet()
+    retrained.save_to_preset(directory)
+    after = KerasFeatureExtractor(directory, cache=cache).fit_transform(images)
+    assert cache.hits == 0
+    assert not np.allclose(after, before)
+
+
 def test_the_finetuned_classifier_fits_and_predicts_with_a_preset(presets, images):
     X = np.concatenate([images, images[:, ::-1]])
     y = np.array([0, 1, 0, 1, 1, 0, 1, 0])

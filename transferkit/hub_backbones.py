@@ -134,9 +134,15 @@ def _keras_hub() -> Any:
 
 def _load(source: str, *, load_weights: bool, image_shape: tuple | None) -> tuple[Any, Any]:
     """The preset's backbone and image converter."""
+    local = Path(source).is_dir()
+    if local and not (Path(source) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{source!r} is not a keras-hub preset directory: it has no config.json. Pass the "
+            "folder that Backbone.save_to_preset(folder) wrote (or a preset downloaded from "
+            "Kaggle or Hugging Face)."
+        )
     keras_hub = _keras_hub()
     overrides = {} if image_shape is None else {"image_shape": image_shape}
-    local = Path(source).is_dir()
     try:
         backbone = keras_hub.models.Backbone.from_preset(
             source, load_weights=load_weights, **overrides)
@@ -361,6 +367,8 @@ def hub_identity(backbone: Any, weights: Any, random_state: Any) -> str | None:
         return None if random is None else f"hub:{source}:{random}"
     if not Path(source).is_dir():
         return f"hub:{source}"
+    if not (Path(source) / "config.json").is_file():
+        return None  # the build reports the bad directory with its own, clearer error
     files = sorted(p for p in Path(source).iterdir() if p.is_file())
     parts = [weights_identity(p, None) for p in files]
     config = json.loads((Path(source) / "config.json").read_text())
