@@ -187,6 +187,26 @@ def test_a_class_token_pooling_of_a_model_without_one_says_what_to_use(presets, 
         extractor.fit(images)
 
 
+def test_another_input_size_rebuilds_a_vision_transformer_for_it(presets):
+    larger = np.random.default_rng(1).integers(0, 256, (2, 48, 48, 3)).astype("uint8")
+    extractor = KerasFeatureExtractor(presets["dinov2"][0], input_size=48)
+    features = extractor.fit_transform(larger)
+    # keras-hub's own backbone at that size, after the converter's scale and offset.
+    backbone = keras_hub.models.Backbone.from_preset(presets["dinov2"][0],
+                                                     image_shape=(48, 48, 3))
+    pixels = (larger / 255 - MEAN) / STD
+    tokens = keras.ops.convert_to_numpy(backbone({"images": pixels.astype("float32")}))
+    assert extractor.input_size_ == (48, 48)
+    np.testing.assert_allclose(features, tokens[:, 3:].mean(axis=1), rtol=0, atol=1e-5)
+
+
+def test_an_input_size_a_preset_cannot_take_says_to_leave_it(presets):
+    larger = np.zeros((2, 48, 48, 3), dtype="uint8")
+    extractor = KerasFeatureExtractor(presets["siglip"][0], input_size=48)
+    with pytest.raises(ValueError, match="takes 32x32 images only; leave input_size=None"):
+        extractor.fit(larger)
+
+
 def test_weights_none_is_the_same_architecture_randomly_initialised(presets, images):
     directory = presets["dinov2"][0]
     preset = KerasFeatureExtractor(directory).fit(images)

@@ -317,6 +317,14 @@ def build_hub_backbone(backbone: Any, *, weights: Any, input_size: tuple[int, in
         # An image-text model (SigLIP, CLIP): its image tower is the backbone.
         model = getattr(model, "vision_encoder", model)
     size = input_size if input_size is not None else _preset_size(model, converter)
+    fixed = tuple(model.inputs[0].shape[1:3])
+    if None not in fixed and fixed != tuple(size):
+        # An image-text preset keeps its tower's size: image_shape only reaches the top.
+        raise ValueError(
+            f"input_size={tuple(size)} cannot be used with the keras-hub preset {backbone!r}, "
+            f"whose image tower takes {fixed[0]}x{fixed[1]} images only; leave "
+            "input_size=None."
+        )
     # JSON's round trip, so that a saved estimator's copy deserialises as this one does.
     described = json.loads(json.dumps({
         "backbone": keras.saving.serialize_keras_object(model),
