@@ -151,11 +151,16 @@ def test_features_of_a_preset_directory_equal_keras_hubs_own(presets, images, na
     np.testing.assert_allclose(features, expected, rtol=0, atol=1e-5)
 
 
-def test_the_hub_prefix_takes_a_preset_directory_too(presets, images):
+def test_a_preset_directory_is_taken_as_a_string_a_path_or_with_the_hub_prefix(presets,
+                                                                              images):
+    from pathlib import Path
+
     directory = presets["dinov2"][0]
-    by_path = KerasFeatureExtractor(directory).fit_transform(images)
-    by_prefix = KerasFeatureExtractor(f"hub:{directory}").fit_transform(images)
-    np.testing.assert_array_equal(by_prefix, by_path)
+    as_string = KerasFeatureExtractor(directory).fit_transform(images)
+    as_path = KerasFeatureExtractor(Path(directory)).fit_transform(images)
+    with_prefix = KerasFeatureExtractor(f"hub:{directory}").fit_transform(images)
+    np.testing.assert_array_equal(as_path, as_string)
+    np.testing.assert_array_equal(with_prefix, as_string)
 
 
 def test_transformer_cut_points_are_its_blocks_and_convnet_ones_its_pyramid(presets):
@@ -357,3 +362,11 @@ def test_a_network_openvino_cannot_convert_says_to_use_tensorflow(presets, image
     extractor = KerasFeatureExtractor(presets["siglip"][0], runtime="openvino")
     with pytest.raises(RuntimeError, match="cannot convert.*Einsum.*runtime='tensorflow'"):
         extractor.fit(images)
+
+
+def test_activation_maps_of_a_preset_say_they_are_not_drawn_yet(presets, images):
+    from transferkit.viz import activation_maps
+
+    extractor = KerasFeatureExtractor(presets["resnet"][0]).fit(images)
+    with pytest.raises(ValueError, match="keras-hub backbones.*not drawn yet"):
+        activation_maps(extractor, images[0])

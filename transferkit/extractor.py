@@ -193,7 +193,8 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
 
     _parameter_checks = {
         "backbone": Satisfies(
-            lambda value: isinstance(value, str) or is_keras_model(value),
+            # A path: a keras-hub preset directory.
+            lambda value: isinstance(value, (str, os.PathLike)) or is_keras_model(value),
             "backbone={value} is neither a backbone name (see transferkit.list_backbones()) "
             "nor a keras.Model."),
         "backbone_kwargs": Satisfies(optional_dict,

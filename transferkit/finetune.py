@@ -445,7 +445,8 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
 
     _parameter_checks = {
         "backbone": Satisfies(
-            lambda value: isinstance(value, str),
+            # A path: a keras-hub preset directory.
+            lambda value: isinstance(value, (str, os.PathLike)),
             "backbone={value} must be a backbone name (see transferkit.list_backbones()). To "
             "fine-tune a keras.Model of your own, compile and fit it with Keras; "
             "KerasFeatureExtractor accepts models for frozen features."),
