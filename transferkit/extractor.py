@@ -269,7 +269,7 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         # Backbones we built have weights nobody else changes: fold them. A model of the
         # user's own keeps using its live layers.
         return make_forward(model, source_size, runtime=self.runtime, precision=self.precision,
-                            fold=isinstance(self.backbone, str))
+                            fold=not is_keras_model(self.backbone))
 
     def _set_network(self, model: Any, forward: Any, layout: Any) -> None:
         self.model_, self._forward = model, forward
