@@ -266,7 +266,15 @@ def test_saved_estimators_load_in_a_fresh_process_without_their_preset(presets, 
     assert "same features and probabilities" in result.stdout
 
 
-def test_a_preset_name_that_cannot_be_downloaded_says_how_to_bring_the_directory(images):
+def test_a_preset_name_that_cannot_be_downloaded_says_how_to_bring_the_directory(
+        images, monkeypatch, tmp_path):
+    # No internet, even on a machine that has it: every request goes to a closed port, and
+    # an empty download cache.
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path))
+    for variable in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    for variable in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(variable, raising=False)
     started = time.monotonic()
     with pytest.raises(PresetUnavailableError) as raised:
         KerasFeatureExtractor("hub:dinov2_small").fit(images)
