@@ -378,3 +378,29 @@ def test_activation_maps_of_a_preset_say_they_are_not_drawn_yet(presets, images)
     extractor = KerasFeatureExtractor(presets["resnet"][0]).fit(images)
     with pytest.raises(ValueError, match="keras-hub backbones.*not drawn yet"):
         activation_maps(extractor, images[0])
+
+
+def test_the_finetuned_classifier_freezes_a_transformer_by_block(presets, images):
+    X = np.concatenate([images, images[:, ::-1]])
+    y = np.array([0, 1, 0, 1, 1, 0, 1, 0])
+    frozen_one = FineTunedClassifier(presets["siglip"][0], cut="block2", freeze_until="block1",
+                                     epochs=1, head_epochs=2, batch_size=4, random_state=0)
+    trains_all = FineTunedClassifier(presets["siglip"][0], cut="block2", freeze_until=None,
+                                     epochs=1, head_epochs=2, batch_size=4, random_state=0)
+    frozen_one.fit(X, y)
+    trains_all.fit(X, y)
+    # SigLIP's first encoder block (its name prefixed by the tower's), and fewer trainable
+    # scalars than with nothing frozen.
+    assert frozen_one.freeze_layer_.endswith("encoder_block_0")
+    assert frozen_one.n_trainable_weights_ < trains_all.n_trainable_weights_
+
+
+def test_flattened_tokens_of_a_siglip_block_equal_keras_hubs(presets, images):
+    extractor = KerasFeatureExtractor(presets["siglip"][0], cut="block1", pooling=None)
+    features = extractor.fit_transform(images)
+    tower = presets["siglip"][1].vision_encoder
+    pixels = presets["siglip"][2](images.astype("float32"))
+    tokens = keras.Model(tower.inputs, tower.get_layer("encoder_block_0").output)(pixels)
+    expected = keras.ops.convert_to_numpy(tokens).reshape(len(images), -1)
+    assert extractor.n_features_out_ == expected.shape[1] == 16 * 16
+    np.testing.assert_allclose(features, expected, rtol=0, atol=1e-5)

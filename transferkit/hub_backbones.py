@@ -210,26 +210,49 @@ def _prefix_tokens(backbone: Any) -> int | None:
     return None
 
 
-def _flat(backbone: Any) -> tuple[Any, dict[str, str]]:
-    """One-input functional model sharing the backbone's layers; its blocks by name.
+def _chain(backbone: Any) -> list[Any] | None:
+    """The layers of a backbone whose graph is one chain of layers, in order; else None.
 
-    DINOv2 runs its blocks inside one ``encoder`` layer: copies of them (same weights) are
-    called one by one here so that each block's output is a layer's output, which a cut can
-    end at. Copies, because a layer called in two graphs has no single ``output``.
+    Only graphs known to be such a chain: DINOv3's blocks also take its rotary position
+    embeddings, ViT's encoder ends in a normalisation of its own.
+    """
+    kind = type(backbone).__name__
+    if kind == "DINOV2Backbone":
+        return [backbone.embeddings, *backbone.encoder.layers, backbone.layernorm]
+    if kind == "SigLIPVisionEncoder":
+        return [backbone.embedding, *backbone.encoder_layers, backbone.post_layer_norm,
+                backbone.head]
+    return None
+
+
+def _flat(backbone: Any) -> tuple[Any, dict[str, str]]:
+    """One-input functional model sharing the backbone's weights; its blocks by name.
+
+    A chain (:func:`_chain`) is built again from copies of its layers (same weights):
+    DINOv2 runs its blocks inside one ``encoder`` layer, and calling them one by one makes
+    each block's output a layer's output, which a cut can end at (copies, because a layer
+    called in two graphs has no single ``output``). The number of tokens the embedding
+    declares is checked against the number it makes: SigLIP's declares a class token it
+    does not have, which a network built on the declared shape (a frozen prefix's output,
+    a flattened cut) would then refuse.
     """
     import keras
+    import numpy as np
 
     image_shape = tuple(backbone.inputs[0].shape[1:])
-    # Only DINOv2's graph is known to be this chain; DINOv3's blocks also take its rotary
-    # position embeddings, and ViT's encoder ends in a normalisation of its own.
-    if type(backbone).__name__ == "DINOV2Backbone":
-        encoder = backbone.encoder
+    chain = _chain(backbone)
+    if chain is not None:
         images = keras.Input(image_shape, name="images")
         x = images
-        for layer in [backbone.embeddings, *encoder.layers, backbone.layernorm]:
+        for position, layer in enumerate(chain):
             copy = type(layer).from_config(layer.get_config())
             x = copy(x)
             copy.set_weights(layer.get_weights())
+            if position == 0 and None not in image_shape:
+                made = copy(np.zeros((1, *image_shape), dtype="float32")).shape
+                if tuple(made[1:]) != tuple(x.shape[1:]):
+                    # An op, not a Reshape layer: that one checks the declared shape.
+                    x = keras.ops.reshape(x, (-1, *made[1:]))
         full = keras.Model(images, x, name=backbone.name)
     else:
         full = keras.Model(backbone.inputs[0], backbone.outputs[0], name=backbone.name)
