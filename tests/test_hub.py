@@ -404,3 +404,11 @@ def test_flattened_tokens_of_a_siglip_block_equal_keras_hubs(presets, images):
     expected = keras.ops.convert_to_numpy(tokens).reshape(len(images), -1)
     assert extractor.n_features_out_ == expected.shape[1] == 16 * 16
     np.testing.assert_allclose(features, expected, rtol=0, atol=1e-5)
+
+
+def test_bfloat16_precision_reaches_the_image_tower_of_an_image_text_preset(presets, images):
+    from transferkit.network import trunk_of
+
+    extractor = KerasFeatureExtractor(presets["siglip"][0], precision="bfloat16").fit(images)
+    policies = {layer.dtype_policy.name for layer in trunk_of(extractor.model_).layers}
+    assert policies == {"mixed_bfloat16"}

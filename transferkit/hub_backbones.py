@@ -339,6 +339,13 @@ def build_hub_backbone(backbone: Any, *, weights: Any, input_size: tuple[int, in
                                  image_shape=image_shape)
         # An image-text model (SigLIP, CLIP): its image tower is the backbone.
         model = getattr(model, "vision_encoder", model)
+    policy = keras.config.dtype_policy()
+    if model.dtype_policy.name != policy.name:
+        # An image-text preset keeps its tower's dtype in the tower's own config, which the
+        # precision transferkit builds with (keras_setup.keras_precision) does not reach.
+        retyped = type(model).from_config({**model.get_config(), "dtype": policy.name})
+        retyped.set_weights(model.get_weights())
+        model = retyped
     size = input_size if input_size is not None else _preset_size(model, converter)
     fixed = tuple(model.inputs[0].shape[1:3])
     if None not in fixed and fixed != tuple(size):
