@@ -412,3 +412,14 @@ def test_bfloat16_precision_reaches_the_image_tower_of_an_image_text_preset(pres
     extractor = KerasFeatureExtractor(presets["siglip"][0], precision="bfloat16").fit(images)
     policies = {layer.dtype_policy.name for layer in trunk_of(extractor.model_).layers}
     assert policies == {"mixed_bfloat16"}
+
+
+def test_a_saved_architecture_naming_no_keras_hub_backbone_is_refused(presets, images):
+    import copy
+
+    extractor = KerasFeatureExtractor(presets["resnet"][0]).fit(images)
+    # What unpickling or transferkit.load would receive from an edited file.
+    state = copy.deepcopy(extractor.__getstate__())
+    state["hub_preset_"]["backbone"]["class_name"] = "Popen"
+    with pytest.raises(ValueError, match="names 'Popen', which is no keras_hub Backbone"):
+        KerasFeatureExtractor.__new__(KerasFeatureExtractor).__setstate__(state)

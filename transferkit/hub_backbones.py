@@ -41,8 +41,7 @@ HUB_PREFIX = "hub:"
 HUB_MODULE = "keras_hub"
 """The ``module`` of a hub trunk: its block names come from :func:`hub_block_ends`."""
 
-# Layers of a transformer's flat model that are not blocks even though they output tokens:
-# a whole encoder (ViT's) holds all the blocks, so it is none of them.
+# Layers of a transformer's flat model that are not blocks even though they output tokens.
 _NOT_BLOCKS = ("Embedding", "Normalization", "Pooling", "Dropout", "InputLayer")
 
 # Block name -> name of the layer ending it, for every flat model built here. Weak: a
@@ -263,6 +262,7 @@ def _flat(backbone: Any) -> tuple[Any, dict[str, str]]:
         layer for layer in full.layers
         if len(getattr(layer.output, "shape", ())) == 3
         and not any(part in type(layer).__name__ for part in _NOT_BLOCKS)
+        # A whole encoder (ViT's) holds all the blocks, so it is none of them.
         and not type(layer).__name__.endswith("Encoder")
     ]
     if _prefix_tokens(backbone) is not None:
@@ -330,8 +330,10 @@ def build_hub_backbone(backbone: Any, *, weights: Any, input_size: tuple[int, in
 
     source = _source(backbone)
     if architecture is not None:
-        model = keras.saving.deserialize_keras_object(architecture["backbone"])
-        converter = keras.saving.deserialize_keras_object(architecture["image_converter"])
+        keras_hub = _keras_hub()
+        model = _rebuilt(architecture["backbone"], keras_hub.models, keras_hub.models.Backbone)
+        converter = _rebuilt(architecture["image_converter"], keras_hub.layers,
+                             keras_hub.layers.ImageConverter)
         input_size = tuple(architecture["input_size"])
     else:
         image_shape = None if input_size is None else (input_size[0], input_size[1], 3)
@@ -372,6 +374,23 @@ def build_hub_backbone(backbone: Any, *, weights: Any, input_size: tuple[int, in
     return HubBackbone(full, _display_name(source), (int(size[0]), int(size[1])),
                        as_array(converter.scale), as_array(converter.offset),
                        _prefix_tokens(model), described)
+
+
+def _rebuilt(described: dict, namespace: Any, base: type) -> Any:
+    """A keras-hub object from its Keras serialisation, kept in a saved estimator.
+
+    Only a class of keras-hub's public ``namespace`` deriving from ``base`` is built, from
+    its config: a file names no module to import and no code to run.
+    """
+    name = described.get("class_name")
+    cls = getattr(namespace, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(
+            f"The saved keras-hub architecture names {name!r}, which is no "
+            f"keras_hub {base.__name__} of the installed keras-hub; the file was made with "
+            "another keras-hub, or edited. Fit the estimator again from the preset."
+        )
+    return cls.from_config(described["config"])
 
 
 def hub_block_ends(model: Any) -> dict[str, str]:
