@@ -611,3 +611,10 @@ def test_extract_names_the_files_of_a_folder_it_skipped(image_folder, tmp_path, 
                  "--quiet", *SMALL]) == 0
     err = capsys.readouterr().err
     assert "skipped 1 file (1 not an image by its suffix" in err and "'notes.txt'" in err
+
+
+def test_backbones_says_how_to_name_a_keras_hub_preset(capsys):
+    from transferkit.cli import main
+
+    assert main(["backbones"]) == 0
+    assert "--backbone hub:NAME" in capsys.readouterr().err

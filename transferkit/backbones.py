@@ -324,6 +324,14 @@ def list_backbones() -> list[dict[str, Any]]:
         One dict per backbone with keys ``name``, ``module``,
         ``default_size``, ``feature_width`` and ``preprocessing``, sorted by
         name. Convenient as ``pandas.DataFrame(list_backbones())``.
+
+    Notes
+    -----
+    keras-hub presets are backbones too (``pip install "transferkit[hub]"``), spelled
+    ``"hub:<preset name>"`` (``"hub:dinov2_small"``; the names are those of
+    ``keras_hub.models.Backbone.presets``) or given as the path of a preset directory, so
+    that no name of ``keras.applications`` is ambiguous; they are not listed here, whose
+    table needs no download.
     """
     specs = [_spec_for(entry.name) for entry in _registry().values()]
     return [

@@ -199,7 +199,8 @@ def _crop_fraction(value: str) -> float:
 
 def _add_backbone_options(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--backbone", default=default,
-                        help=f"backbone name, see 'transferkit backbones' (default {default})")
+                        help=f"backbone name, see 'transferkit backbones' (default {default}); "
+                             "or a keras-hub preset: hub:NAME or a preset directory")
     parser.add_argument("--backbone-kwargs", type=_backbone_kwargs, default=None,
                         metavar="JSON",
                         help="constructor arguments as JSON, e.g. '{\"alpha\": 0.25}'")
@@ -260,7 +261,10 @@ def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
     extract.add_argument("-o", "--output", required=True, metavar="FILE",
                          help="features.npz (arrays 'features', 'paths', 'feature_names') or "
                               "features.parquet (a 'path' column and one column per feature)")
-    extract.add_argument("--pooling", choices=("avg", "max", "none"), default="avg")
+    extract.add_argument("--pooling", choices=("avg", "max", "cls", "cls+avg", "none"),
+                         default="avg",
+                         help="avg or max over the map (a transformer's patch tokens); cls, "
+                              "cls+avg: a transformer's class token, alone or with the average")
     extract.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_backbone_options(extract, default="ResNet50")
 
@@ -477,6 +481,7 @@ def _extractor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- commands
 def _cmd_backbones(args: argparse.Namespace) -> None:
     from .backbones import list_backbones
+    from .hub_backbones import HUB_PREFIX
 
     rows = list_backbones()
     header = ("name", "input size", "feature width", "preprocessing")
@@ -489,6 +494,10 @@ def _cmd_backbones(args: argparse.Namespace) -> None:
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
               .rstrip())
+    # On stderr: the table on stdout stays one backbone a line for scripts.
+    print(f"keras-hub presets too (pip install \"transferkit[hub]\"): --backbone "
+          f"{HUB_PREFIX}NAME (e.g. {HUB_PREFIX}dinov2_small) or a preset directory.",
+          file=sys.stderr)
 
 
 def _cmd_cut_points(args: argparse.Namespace) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .advice import advised
 from .backbone_table import BACKBONES, describes_installed_keras
+from .hub_backbones import HUB_MODULE, hub_block_ends, is_hub_backbone, list_hub_cut_points
 
 if TYPE_CHECKING:
     import keras
@@ -267,6 +268,8 @@ def list_cut_points(
 
     from .backbones import get_backbone_spec
 
+    if is_hub_backbone(backbone):
+        return list_hub_cut_points(backbone)
     spec = get_backbone_spec(backbone)
     if not backbone_kwargs and spec.name in BACKBONES and describes_installed_keras():
         return list(BACKBONES[spec.name][3])
@@ -356,6 +359,10 @@ def resolve_cut(
     # Block names win over layer names: MobileNet's block "conv_pw_1" ends at
     # conv_pw_1_relu, not at the layer "conv_pw_1" (the bare convolution).
     blocks = _block_ends(operations, articulation, module) if module else {}
+    if module == HUB_MODULE:
+        # keras-hub's transformer blocks are one layer each, found by the hub module.
+        position = {op.name: i for i, op in enumerate(operations)}
+        blocks = {block: position[layer] for block, layer in hub_block_ends(model).items()}
     blocks_by_lower = {name.lower(): position for name, position in blocks.items()}
     if cut.lower() in blocks_by_lower:
         return operations[blocks_by_lower[cut.lower()]]

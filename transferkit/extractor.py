@@ -48,6 +48,12 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         preprocessing: it must contain its own, and its own weights are used, as they are
         at each ``transform``: train it further and the next ``transform`` computes every
         image with the new weights (cached features are keyed by the weights that made them).
+        A keras-hub preset (``pip install "transferkit[hub]"``): ``"hub:<preset name>"``
+        (e.g. ``"hub:dinov2_small"``, downloaded once by keras-hub) or the path of a preset
+        directory (what ``Backbone.save_to_preset`` and ``ImageConverter.save_to_preset``
+        write: how weights come to a machine without internet), preprocessed by the
+        preset's own image converter; ``weights="imagenet"`` then means the preset's own
+        weights.
     weights : {"imagenet"}, None or path, default="imagenet"
         ``"imagenet"`` loads the pretrained weights through Keras' own download and
         cache (``$KERAS_HOME/models``), ``None`` initialises randomly, and a path loads a
@@ -60,8 +66,12 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         layer name, an index into ``model.layers`` (negative counts from the end), or a
         block name such as ``"block4"`` (VGG) or ``"conv4"`` (ResNet) that resolves to
         the last layer of that block; see :func:`transferkit.list_cut_points`.
-    pooling : {"avg", "max"} or None, default="avg"
-        Global pooling over the spatial axes of the cut output; ``None`` flattens it.
+    pooling : {"avg", "max", "cls", "cls+avg"} or None, default="avg"
+        Global pooling over the spatial axes of the cut output; ``None`` flattens it. For
+        a vision transformer's tokens, "avg" and "max" pool the patch tokens (neither the
+        class token nor registers), "cls" takes the class token and "cls+avg" concatenates
+        both (the linear-probe features of DINOv2). Cut points of a transformer are its
+        blocks: ``cut="block3"`` is the output of the third.
     input_size : int or (int, int), default=None
         ``(height, width)`` the network sees; the backbone's default when None.
     crop_fraction : float, default=1.0
@@ -183,12 +193,13 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
 
     _parameter_checks = {
         "backbone": Satisfies(
-            lambda value: isinstance(value, str) or is_keras_model(value),
+            # A path: a keras-hub preset directory.
+            lambda value: isinstance(value, (str, os.PathLike)) or is_keras_model(value),
             "backbone={value} is neither a backbone name (see transferkit.list_backbones()) "
             "nor a keras.Model."),
         "backbone_kwargs": Satisfies(optional_dict,
                                      "backbone_kwargs must be a dict or None, got {kind}."),
-        "pooling": Options(POOLINGS, "use 'avg', 'max' or None (flatten)"),
+        "pooling": Options(POOLINGS, "use 'avg', 'max', 'cls', 'cls+avg' or None (flatten)"),
         "batch_size": Integer(1, none_means="automatic"),
         "crop_fraction": Real(0, 1, "(]", "1.0 keeps the whole image, 0.875 its central 87.5% "
                                           "(ImageNet's evaluation framing)"),
@@ -207,8 +218,12 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
     def _fingerprint(self, weights: Any) -> bytes | None:
         """Digest of every parameter that determines the output; None if not reproducible."""
         from .backbones import get_backbone_spec, resolve_input_size
+        from .hub_backbones import hub_identity, is_hub_backbone
 
-        if isinstance(self.backbone, str):
+        if is_hub_backbone(self.backbone):
+            identity = hub_identity(self.backbone, weights, self.random_state)
+            backbone, size = os.fspath(self.backbone), self.input_size
+        elif isinstance(self.backbone, str):
             identity = weights_identity(weights, self.random_state)
             spec = get_backbone_spec(self.backbone)
             backbone = spec.name
@@ -240,19 +255,21 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         current = weights_identity(None, None, model=self.model_)
         return fingerprint({"built": self._fingerprint_.hex(), "weights": current})
 
-    def _build_network(self, weights: Any) -> tuple[Any, Any]:
+    def _build_network(self, weights: Any, hub_preset: dict | None = None
+                       ) -> tuple[Any, Any]:
         """``(model, layout)`` of the feature network these parameters describe."""
         return build_feature_network(
             self.backbone, weights=weights, input_size=self.input_size, cut=self.cut,
             backbone_kwargs=self.backbone_kwargs, random_state=self.random_state,
             crop_fraction=self.crop_fraction, pooling=self.pooling, precision=self.precision,
+            hub_preset=hub_preset,
         )
 
     def _make_forward(self, model: Any, source_size: tuple[int, int]) -> Any:
         # Backbones we built have weights nobody else changes: fold them. A model of the
         # user's own keeps using its live layers.
         return make_forward(model, source_size, runtime=self.runtime, precision=self.precision,
-                            fold=isinstance(self.backbone, str))
+                            fold=not is_keras_model(self.backbone))
 
     def _set_network(self, model: Any, forward: Any, layout: Any) -> None:
         self.model_, self._forward = model, forward
@@ -262,6 +279,12 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         self.source_size_ = layout.source_size
         self.preprocessing_ = layout.preprocessing
         self.n_features_out_ = layout.n_features
+        # A keras-hub backbone's architecture travels with the estimator, so that loading
+        # it needs neither the preset directory nor a download.
+        if layout.hub_preset is not None:
+            self.hub_preset_ = layout.hub_preset
+        else:
+            vars(self).pop("hub_preset_", None)
 
     def _assemble(self, weights: Any) -> None:
         self._fingerprint_ = self._fingerprint(weights)
@@ -278,7 +301,7 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         # The memo is bypassed: this model's weights are the pickled ones. What the build
         # determines is taken from the build, not from the state, so that the network and
         # the attributes describing it cannot disagree.
-        model, layout = self._build_network(None)
+        model, layout = self._build_network(None, getattr(self, "hub_preset_", None))
         model.set_weights(weights_for(weights, model))
         # The folded (or converted) copy holds its own weights: made from the restored ones.
         self._set_network(model, self._make_forward(model, layout.source_size), layout)

@@ -214,8 +214,9 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         ``head_init``). They run on cached pooled features and cost almost nothing.
     batch_size : int, default=32
         Images per training step and per forward pass.
-    pooling : {"avg", "max"} or None, default="avg"
-        Global pooling of the cut output; ``None`` flattens it.
+    pooling : {"avg", "max", "cls", "cls+avg"} or None, default="avg"
+        Global pooling of the cut output; ``None`` flattens it. "cls" and "cls+avg" take a
+        vision transformer's class token, as in :class:`KerasFeatureExtractor`.
     dropout : float, default=0.2
         Dropout rate in front of each dense layer of the head.
     hidden_units : int or None, default=None
@@ -445,7 +446,8 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
 
     _parameter_checks = {
         "backbone": Satisfies(
-            lambda value: isinstance(value, str),
+            # A path: a keras-hub preset directory.
+            lambda value: isinstance(value, (str, os.PathLike)),
             "backbone={value} must be a backbone name (see transferkit.list_backbones()). To "
             "fine-tune a keras.Model of your own, compile and fit it with Keras; "
             "KerasFeatureExtractor accepts models for frozen features."),
@@ -459,7 +461,7 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         "learning_rate": Real(0),
         "head_learning_rate": Real(0),
         "head_l2": Real(0, brackets="[)"),
-        "pooling": Options(POOLINGS, "use 'avg', 'max' or None (flatten)"),
+        "pooling": Options(POOLINGS, "use 'avg', 'max', 'cls', 'cls+avg' or None (flatten)"),
         "crop_fraction": Real(0, 1, "(]", "1 keeps the whole image", also=("auto",)),
         "dropout": Real(0, 1, "[)"),
         "hidden_units": Integer(1, none_means="no hidden layer"),
@@ -496,18 +498,19 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
 
     # ------------------------------------------------------------------ building
     def _build(self, weights: Any, n_classes: int, seeds: dict[str, int],
-               framing: float | None = None) -> None:
+               framing: float | None = None, hub_preset: dict | None = None) -> None:
         """Build every network of the estimator; deterministic given ``seeds``.
 
         ``framing``: the crop fraction of the central view (default: the first that
-        ``crop_fraction`` allows)."""
+        ``crop_fraction`` allows); ``hub_preset``: a keras-hub backbone's architecture
+        from an earlier build."""
         network = build_finetune_network(
             self.backbone, weights=weights, input_size=self.input_size, cut=self.cut,
             backbone_kwargs=self.backbone_kwargs, freeze_until=self.freeze_until,
             train_batchnorm=self.train_batchnorm, pooling=self.pooling, dropout=self.dropout,
             hidden_units=self.hidden_units, head_l2=self.head_l2,
             crop_fraction=self.crop_fraction, augmentations=self._augmentations(),
-            n_classes=n_classes, seeds=seeds, framing=framing,
+            n_classes=n_classes, seeds=seeds, framing=framing, hub_preset=hub_preset,
         )
         self._network, self.model_ = network, network.model
         # The live network: training changes the weights after this.
@@ -518,6 +521,12 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         self.input_size_ = network.layout.input_size
         self.source_size_ = network.layout.source_size
         self.crop_fraction_ = network.framing
+        # A keras-hub backbone's architecture travels with the estimator, so that loading
+        # it needs neither the preset directory nor a download.
+        if network.layout.hub_preset is not None:
+            self.hub_preset_ = network.layout.hub_preset
+        else:
+            vars(self).pop("hub_preset_", None)
 
     def _use_runtime(self) -> None:
         """Run ``predict`` with ``runtime``, on the final weights of ``model_``."""
@@ -533,7 +542,8 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
             self.crop_fraction_ = framing
 
     def _rebuild_networks(self, weights: Any) -> None:
-        self._build(None, len(self.classes_), self._seeds, framing=self.crop_fraction_)
+        self._build(None, len(self.classes_), self._seeds, framing=self.crop_fraction_,
+                    hub_preset=getattr(self, "hub_preset_", None))
         self.model_.set_weights(weights_for(weights, self.model_))
         self._use_runtime()
 

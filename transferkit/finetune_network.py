@@ -84,14 +84,17 @@ def resolve_freeze(full: Any, cut_layer: Any, freeze_until: Any, *, module: str,
                    backbone_kwargs: dict | None, cut: Any) -> Any:
     """The last frozen layer (None: nothing frozen), checked to come before the cut."""
     from .cut_points import list_cut_points, resolve_cut
+    from .hub_backbones import HUB_MODULE, hub_block_ends
 
     order = {id(op): i for i, op in enumerate(full.operations)}
     cut_position = order[id(cut_layer)]
     if freeze_until is None:
         return None
     if isinstance(freeze_until, str) and freeze_until == "auto":
-        ends = [resolve_cut(full, block, module)
-                for block in list_cut_points(name, backbone_kwargs)]
+        # A keras-hub model carries its blocks; a name is looked up in keras.applications.
+        blocks = (hub_block_ends(full) if module == HUB_MODULE
+                  else list_cut_points(name, backbone_kwargs))
+        ends = [resolve_cut(full, block, module) for block in blocks]
         before = [op for op in ends if order[id(op)] < cut_position]
         return before[-1] if before else None
     layer = resolve_cut(full, freeze_until, module)
@@ -123,6 +126,7 @@ def build_finetune_network(
     n_classes: int,
     seeds: dict[str, int],
     framing: float | None = None,
+    hub_preset: dict | None = None,
 ) -> FineTuneNetwork:
     """Build every network of a fine-tuned classifier; deterministic given ``seeds``.
 
@@ -132,7 +136,7 @@ def build_finetune_network(
     central part is the input for the smallest framing ``crop_fraction`` allows
     (:func:`transferkit.augmentation.framings`); ``framing`` is the one the central view
     keeps (default: the first allowed; a fit that chooses between them calls
-    :func:`reframed`).
+    :func:`reframed`); ``hub_preset`` is that of :func:`transferkit.network.build_trunk`.
 
     Returns
     -------
@@ -144,7 +148,8 @@ def build_finetune_network(
 
     layers = keras.layers
     trunk = build_trunk(backbone, weights=weights, input_size=input_size, cut=cut,
-                        backbone_kwargs=backbone_kwargs, random_state=seeds["init"])
+                        backbone_kwargs=backbone_kwargs, random_state=seeds["init"],
+                        hub_preset=hub_preset)
     full, cut_layer, size = trunk.full, trunk.cut_layer, trunk.input_size
     freeze_layer = resolve_freeze(full, cut_layer, freeze_until, module=trunk.module,
                                   name=trunk.name, backbone_kwargs=backbone_kwargs, cut=cut)
@@ -181,7 +186,7 @@ def build_finetune_network(
         x = activations
         if suffix is not None:
             x = suffix(activations, training=None if train_batchnorm else False)
-        x = pool(x, pooling)
+        x = pool(x, pooling, trunk.prefix_tokens)
         pooled_net = keras.Model(activations, x, name="pooled")
 
         regularizer = keras.regularizers.L2(head_l2) if head_l2 else None
@@ -199,7 +204,7 @@ def build_finetune_network(
     trainable_net = keras.Model(activations, head(pooled_net(activations)), name="tuned")
     layout = NetworkLayout(trunk.name, cut_layer.name, size,
                            source_size(size, min(framings(crop_fraction))),
-                           trunk.preprocessing, n_classes)
+                           trunk.preprocessing, n_classes, trunk.hub_preset)
     framing = framings(crop_fraction)[0] if framing is None else framing
     return FineTuneNetwork(**_pixel_networks(prefix, trainable_net, layout, framing,
                                              augmentations, seeds["augment"]),

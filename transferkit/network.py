@@ -41,7 +41,10 @@ __all__ = ["NetworkLayout", "Trunk", "build_feature_network", "build_trunk", "ma
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("avg", "max", None)
+POOLINGS = ("avg", "max", "cls", "cls+avg", None)
+"""What ``pooling=`` takes. For a vision transformer's tokens, "avg" and "max" pool the patch
+tokens (not the class token nor registers), "cls" is the class token and "cls+avg" both,
+concatenated (the usual linear-probe features of DINOv2)."""
 
 Pass = Callable[[np.ndarray], np.ndarray]
 """A forward pass: float32 batch (images or activations) -> ndarray, one row per item."""
@@ -67,6 +70,9 @@ class NetworkLayout:
         ``"user_model"``.
     n_features : int
         Width of the network's output per image.
+    hub_preset : dict or None
+        For a keras-hub backbone, what builds it again without its preset
+        (``transferkit.hub_backbones.HubBackbone.architecture``); None otherwise.
     """
 
     backbone_name: str
@@ -75,6 +81,7 @@ class NetworkLayout:
     source_size: tuple[int, int]
     preprocessing: str
     n_features: int
+    hub_preset: dict | None = None
 
 
 @dataclass
@@ -94,11 +101,17 @@ class Trunk:
     input_size: tuple[int, int]
     preprocess: Callable[[Any], Any] | None
     preprocessing: str
+    prefix_tokens: int | None = None
+    """For a vision transformer, the tokens before the patch tokens (class token,
+    registers); None for a spatial map."""
+    hub_preset: dict | None = None
+    """For a keras-hub backbone, what builds it again without its preset."""
 
 
 # ---------------------------------------------------------------------- building
 def build_trunk(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
-                backbone_kwargs: dict | None, random_state: Any) -> Trunk:
+                backbone_kwargs: dict | None, random_state: Any,
+                hub_preset: dict | None = None) -> Trunk:
     """Build a named backbone (or take a user's ``keras.Model``) and find its cut layer.
 
     Parameters
@@ -115,6 +128,9 @@ def build_trunk(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
         Constructor arguments of a named backbone.
     random_state : int, RandomState or None
         Seeds the initial weights (random ones, or layers ImageNet weights do not cover).
+    hub_preset : dict, default=None
+        For a keras-hub backbone, ``NetworkLayout.hub_preset`` of an earlier build: the
+        same network, randomly initialised, without its preset (loading a saved estimator).
 
     Returns
     -------
@@ -122,7 +138,17 @@ def build_trunk(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
     """
     from .backbones import build_backbone, get_backbone_spec, resolve_input_size
     from .cut_points import resolve_cut
+    from .hub_backbones import HUB_MODULE, build_hub_backbone, is_hub_backbone
 
+    # A loaded estimator's preset directory may be gone: its architecture came with it.
+    if hub_preset is not None or is_hub_backbone(backbone):
+        size = None if input_size is None else resolve_input_size(input_size, 0)
+        with seeded_keras_init(random_state):
+            hub = build_hub_backbone(backbone, weights=weights, input_size=size,
+                                     backbone_kwargs=backbone_kwargs, architecture=hub_preset)
+        return Trunk(hub.full, resolve_cut(hub.full, cut, HUB_MODULE), hub.name, HUB_MODULE,
+                     hub.input_size, hub.preprocess, "keras_hub", hub.prefix_tokens,
+                     hub.architecture)
     if isinstance(backbone, str):
         spec = get_backbone_spec(backbone)
         size = resolve_input_size(input_size, spec.default_size)
@@ -160,10 +186,36 @@ def build_trunk(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
                  "user_model")
 
 
-def pool(x: Any, pooling: str | None) -> Any:
-    """Global average or max pooling of a spatial map; anything else is flattened."""
+def pool(x: Any, pooling: str | None, prefix_tokens: int | None = None) -> Any:
+    """Global average or max pooling of a spatial map or of a transformer's patch tokens;
+    the class token ("cls", "cls+avg"); anything else is flattened.
+
+    ``prefix_tokens`` is the number of tokens before the patch tokens (class token and
+    registers), None for a spatial map.
+    """
     import keras
 
+    if len(x.shape) == 3 and prefix_tokens is not None and pooling is not None:
+        patches = x[:, prefix_tokens:, :]
+        average = keras.ops.mean(patches, axis=1)
+        if pooling == "avg":
+            return average
+        if pooling == "max":
+            return keras.ops.max(patches, axis=1)
+        if prefix_tokens == 0:
+            raise ValueError(
+                f"pooling={pooling!r} needs a class token, and this transformer has none "
+                "(SigLIP pools its tokens with its own attention head: cut=None gives that "
+                "embedding). Use pooling='avg' or 'max' over the patch tokens."
+            )
+        if pooling == "cls":
+            return x[:, 0, :]
+        return keras.ops.concatenate([x[:, 0, :], average], axis=-1)
+    if pooling in ("cls", "cls+avg") and len(x.shape) != 2:
+        raise ValueError(
+            f"pooling={pooling!r} takes a vision transformer's class token; this cut outputs "
+            f"a spatial map of shape {tuple(x.shape[1:])}. Use pooling='avg' or 'max'."
+        )
     if len(x.shape) == 4 and pooling == "avg":
         return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if len(x.shape) == 4 and pooling == "max":
@@ -176,10 +228,12 @@ def pool(x: Any, pooling: str | None) -> Any:
 def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
                           backbone_kwargs: dict | None, random_state: Any,
                           crop_fraction: float, pooling: str | None,
-                          precision: str) -> tuple[Any, NetworkLayout]:
+                          precision: str, hub_preset: dict | None = None
+                          ) -> tuple[Any, NetworkLayout]:
     """Pixels at the source size -> central crop -> preprocessing -> trunk -> pooling.
 
-    Parameters are those of :class:`transferkit.KerasFeatureExtractor`.
+    Parameters are those of :class:`transferkit.KerasFeatureExtractor`, and ``hub_preset``
+    that of :func:`build_trunk`.
 
     Returns
     -------
@@ -195,7 +249,8 @@ def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: 
 
     with keras_precision(precision):
         trunk = build_trunk(backbone, weights=weights, input_size=input_size, cut=cut,
-                            backbone_kwargs=backbone_kwargs, random_state=random_state)
+                            backbone_kwargs=backbone_kwargs, random_state=random_state,
+                            hub_preset=hub_preset)
         size = trunk.input_size
         source = source_size(size, crop_fraction)
         pixels = keras.Input((source[0], source[1], 3), dtype="float32", name="pixels")
@@ -204,12 +259,12 @@ def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: 
             # float32 whatever the policy: a bfloat16 crop would round the pixel values.
             x = CentralCrop(size[0], size[1], dtype="float32", name="central_crop")(x)
         x = trunk.preprocess(x) if trunk.preprocess is not None else x
-        x = pool(truncate(trunk.full, trunk.cut_layer)(x), pooling)
+        x = pool(truncate(trunk.full, trunk.cut_layer)(x), pooling, trunk.prefix_tokens)
         # Features leave the model as float32 whatever the compute precision.
         x = keras.layers.Activation("linear", dtype="float32", name="features")(x)
     model = keras.Model(pixels, x, name=f"{trunk.name}_features")
     layout = NetworkLayout(trunk.name, trunk.cut_layer.name, size, source, trunk.preprocessing,
-                           int(x.shape[-1]))
+                           int(x.shape[-1]), trunk.hub_preset)
     logger.debug("built %s cut at %s: input %s, %d features", layout.backbone_name,
                  layout.cut_layer, size, layout.n_features)
     return model, layout

@@ -133,7 +133,14 @@ def make_openvino_forward(model: Any, size: tuple[int, int]) -> _OpenVINOForward
 
     spec = tf.TensorSpec((None, size[0], size[1], 3), tf.float32)
     traced = tf.function(ForwardPass(model)).get_concrete_function(spec)
-    converted = _features_only(openvino.convert_model(traced), traced.outputs[0].name)
+    try:
+        converted = openvino.convert_model(traced)
+    except Exception as err:  # OpenVINO raises its own classes for each unconvertible op
+        raise RuntimeError(
+            f"OpenVINO cannot convert the network {model.name!r} ({type(err).__name__}: "
+            f"{str(err)[:300]}); use runtime='tensorflow' for this backbone."
+        ) from err
+    converted = _features_only(converted, traced.outputs[0].name)
     compiled = _openvino_core().compile_model(converted, "CPU", {
         # float32 arithmetic everywhere: on CPUs with bfloat16 units OpenVINO would
         # otherwise choose bfloat16 by itself and the features would drift.

@@ -155,6 +155,12 @@ def _extractor_parts(extractor: Any) -> tuple[Any, Any]:
         )
     if not hasattr(extractor, "model_"):
         extractor.fit()
+    if getattr(extractor, "preprocessing_", None) == "keras_hub":
+        # The pictures preprocess with keras.applications' functions, which a preset lacks.
+        raise ValueError(
+            f"Activation maps of keras-hub backbones ({extractor.backbone!r}) are not drawn "
+            "yet; use an extractor with a keras.applications backbone."
+        )
     trunk = trunk_of(extractor.model_)
     user_model = getattr(extractor, "preprocessing_", None) == "user_model"
     return trunk, None if user_model else get_backbone_spec(extractor.backbone_name_)
