@@ -382,14 +382,15 @@ def resolve_cut(
 
 
 def truncate(model: keras.Model, layer: Any) -> keras.Model:
-    """Cut a model at a layer, sharing its layers (and weights).
+    """Cut a model at a layer (or at several), sharing its layers (and weights).
 
     Parameters
     ----------
     model : keras.Model
         The model to cut.
-    layer : keras.layers.Layer
-        A layer of ``model``, e.g. from :func:`resolve_cut`.
+    layer : keras.layers.Layer or list of them
+        A layer of ``model``, e.g. from :func:`resolve_cut`; a list gives a model with one
+        output per layer, which runs only the layers the deepest of them needs.
 
     Returns
     -------
@@ -399,4 +400,7 @@ def truncate(model: keras.Model, layer: Any) -> keras.Model:
     """
     import keras
 
+    if isinstance(layer, (list, tuple)):
+        return keras.Model(model.inputs, [one.output for one in layer],
+                           name=f"{model.name}_to_{'_'.join(one.name for one in layer)}")
     return keras.Model(model.inputs, layer.output, name=f"{model.name}_to_{layer.name}")

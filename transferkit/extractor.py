@@ -19,9 +19,25 @@ from .cache import fingerprint, image_keys, model_memo, resolve_cache, weights_i
 from .console import progress_bar
 from .image_input import as_image_collection
 from .keras_setup import PRECISIONS, default_batch_size, is_keras_model
-from .network import POOLINGS, build_feature_network, make_forward, run_batches
+from .network import (
+    POOLINGS,
+    build_feature_network,
+    make_forward,
+    run_batches,
+    several_cuts,
+    several_maps_error,
+)
 from .openvino_runtime import check_runtime
-from .parameters import Integer, Options, Real, Satisfies, check_parameters, integer, optional_dict
+from .parameters import (
+    Integer,
+    Options,
+    Real,
+    Satisfies,
+    check_parameters,
+    cut_value,
+    integer,
+    optional_dict,
+)
 from .persistence import SaveMixin, register_estimator
 from .pickling import KerasPicklingMixin, weights_for
 
@@ -55,11 +71,14 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         works too).
     backbone_kwargs : dict, default=None
         Extra arguments for the Keras constructor, e.g. ``{"alpha": 0.25}`` for MobileNet.
-    cut : None, str or int, default=None
+    cut : None, str, int or list, default=None
         Where the backbone is truncated: ``None`` for its last convolutional output, a
         layer name, an index into ``model.layers`` (negative counts from the end), or a
         block name such as ``"block4"`` (VGG) or ``"conv4"`` (ResNet) that resolves to
-        the last layer of that block; see :func:`transferkit.list_cut_points`.
+        the last layer of that block; see :func:`transferkit.list_cut_points`. A list of
+        them (``["conv3", "conv4"]``), or ``"blocks"`` for every block boundary, gives the
+        pooled features of each, concatenated in the order given, from one forward pass
+        of the backbone truncated at the deepest; it needs ``pooling="avg"`` or ``"max"``.
     pooling : {"avg", "max"} or None, default="avg"
         Global pooling over the spatial axes of the cut output; ``None`` flattens it.
     input_size : int or (int, int), default=None
@@ -117,7 +136,9 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
     backbone_name_ : str
         Canonical name of the backbone (``"ResNet50"``), or the user model's name.
     cut_layer_ : str
-        Name of the layer whose output is pooled.
+        Name of the layer whose output is pooled; with several cuts, the deepest.
+    cut_layers_ : list of str
+        Name of the layer of each cut, in the order their features are concatenated.
     input_size_ : tuple of int
         ``(height, width)`` the network sees.
     source_size_ : tuple of int
@@ -154,7 +175,7 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         *,
         weights: str | os.PathLike | None = "imagenet",
         backbone_kwargs: dict | None = None,
-        cut: str | int | None = None,
+        cut: str | int | list | None = None,
         pooling: str | None = "avg",
         input_size: int | tuple[int, int] | None = None,
         crop_fraction: float = 1.0,
@@ -188,6 +209,9 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
             "nor a keras.Model."),
         "backbone_kwargs": Satisfies(optional_dict,
                                      "backbone_kwargs must be a dict or None, got {kind}."),
+        "cut": Satisfies(cut_value, "cut={value} must be None, a block or layer name, an "
+                                    "index, 'blocks', or a list of names and indices; see "
+                                    "transferkit.list_cut_points()."),
         "pooling": Options(POOLINGS, "use 'avg', 'max' or None (flatten)"),
         "batch_size": Integer(1, none_means="automatic"),
         "crop_fraction": Real(0, 1, "(]", "1.0 keeps the whole image, 0.875 its central 87.5% "
@@ -201,6 +225,9 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
     # ------------------------------------------------------------------ building
     def _check_parameters(self) -> None:
         check_parameters(self)
+        if self.pooling is None and several_cuts(self.cut) and (
+                isinstance(self.cut, str) or len(self.cut) > 1):
+            raise several_maps_error(self.cut)
         check_runtime(self.runtime, self.precision)
         resolve_cache(self.cache)
 
@@ -258,6 +285,9 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         self.model_, self._forward = model, forward
         self.backbone_name_ = layout.backbone_name
         self.cut_layer_ = layout.cut_layer
+        self.cut_layers_ = list(layout.cut_layers)
+        # What names the columns of several cuts: plain data, so it pickles and saves.
+        self._cut_columns = (tuple(layout.cut_labels), tuple(layout.cut_widths))
         self.input_size_ = layout.input_size
         self.source_size_ = layout.source_size
         self.preprocessing_ = layout.preprocessing
@@ -384,6 +414,9 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Names of the output features: ``<backbone>_<cut layer>_<index>``.
 
+        With several cuts, ``<cut>_<pooling>_<index>`` (``conv4_avg_17``), where a cut is
+        named as it was given (a block or layer name; the layer's name for an index).
+
         Parameters
         ----------
         input_features : ignored
@@ -394,6 +427,11 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         ndarray of str
         """
         self._ensure_built()
+        if several_cuts(self.cut):
+            labels, widths = self._cut_columns
+            return np.asarray([f"{label}_{self.pooling}_{i}"
+                               for label, width in zip(labels, widths, strict=True)
+                               for i in range(width)], dtype=object)
         prefix = f"{self.backbone_name_.lower()}_{self.cut_layer_}"
         return np.asarray([f"{prefix}_{i}" for i in range(self.n_features_out_)], dtype=object)
 

@@ -32,12 +32,14 @@ from typing import Any
 
 import numpy as np
 
+from .advice import advised
 from .image_input import ImageCollection
 from .keras_setup import ForwardPass, is_keras_model, keras_precision, seeded_keras_init
 from .openvino_runtime import check_runtime, make_openvino_forward
 
-__all__ = ["NetworkLayout", "Trunk", "build_feature_network", "build_trunk", "make_forward",
-           "pool", "run_batches", "trunk_of"]
+__all__ = ["NetworkLayout", "Trunk", "build_feature_network", "build_trunk", "deepest",
+           "make_forward", "pool", "resolve_cuts", "run_batches", "several_cuts",
+           "several_maps_error", "trunk_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,14 @@ class NetworkLayout:
         ``"user_model"``.
     n_features : int
         Width of the network's output per image.
+    cut_layers : tuple of str
+        With several cuts, the layer of each, in the order their features are
+        concatenated (``cut_layer`` is the deepest); with one, ``(cut_layer,)``.
+    cut_labels : tuple of str
+        What each cut is called in feature names: the block or layer name as it was given,
+        the layer's name for an index.
+    cut_widths : tuple of int
+        Width of each cut's pooled features; they add up to ``n_features``.
     """
 
     backbone_name: str
@@ -75,6 +85,9 @@ class NetworkLayout:
     source_size: tuple[int, int]
     preprocessing: str
     n_features: int
+    cut_layers: tuple[str, ...] = ()
+    cut_labels: tuple[str, ...] = ()
+    cut_widths: tuple[int, ...] = ()
 
 
 @dataclass
@@ -160,16 +173,78 @@ def build_trunk(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
                  "user_model")
 
 
-def pool(x: Any, pooling: str | None) -> Any:
-    """Global average or max pooling of a spatial map; anything else is flattened."""
+def several_cuts(cut: Any) -> bool:
+    """Whether ``cut`` asks for several layers: a list or tuple, or ``"blocks"``."""
+    return isinstance(cut, (list, tuple)) or (isinstance(cut, str) and cut == "blocks")
+
+
+def resolve_cuts(trunk: Trunk, cut: Any, backbone_kwargs: dict | None = None
+                 ) -> tuple[list[Any], list[str]]:
+    """The layers of a list of cuts (or of ``"blocks"``: every block boundary), with labels.
+
+    Parameters
+    ----------
+    trunk : Trunk
+        The backbone, built whole.
+    cut : list, tuple or "blocks"
+        Names and indices, as :func:`transferkit.cut_points.resolve_cut` takes each.
+    backbone_kwargs : dict or None
+        Constructor arguments of a named backbone (they change its blocks).
+
+    Returns
+    -------
+    layers : list
+        One per cut, in the order given.
+    labels : list of str
+        What each is called in feature names: a name as given, the layer's name for an
+        index.
+
+    Raises
+    ------
+    ValueError
+        When the list is empty or two cuts end at the same layer.
+    """
+    from .cut_points import list_cut_points, resolve_cut
+
+    if isinstance(cut, str):
+        source = trunk.name if trunk.module is not None else trunk.full
+        cut = list_cut_points(source, backbone_kwargs)
+    cuts = list(cut)
+    if not cuts:
+        raise advised(ValueError, "{cuts_given} names no layer; list one or more of "
+                      "{list_cut_points}, or pass a single cut.", cut=cut)
+    layers = [resolve_cut(trunk.full, one, trunk.module) for one in cuts]
+    labels = [one if isinstance(one, str) else layer.name
+              for one, layer in zip(cuts, layers, strict=True)]
+    seen: dict[int, Any] = {}
+    for one, layer in zip(cuts, layers, strict=True):
+        if id(layer) in seen:
+            raise advised(ValueError, "{cuts_given} names layer {layer!r} twice ({first!r} "
+                          "and {second!r}); list each cut once.", cut=cut, layer=layer.name,
+                          first=seen[id(layer)], second=one)
+        seen[id(layer)] = one
+    return layers, labels
+
+
+def deepest(model: Any, layers: Sequence[Any]) -> Any:
+    """The layer of ``layers`` that comes last in ``model``'s order of operations."""
+    order = {id(op): i for i, op in enumerate(model.operations)}
+    return max(layers, key=lambda layer: order[id(layer)])
+
+
+def pool(x: Any, pooling: str | None, suffix: str = "") -> Any:
+    """Global average or max pooling of a spatial map; anything else is flattened.
+
+    ``suffix`` tells the layers of several pooled maps apart.
+    """
     import keras
 
     if len(x.shape) == 4 and pooling == "avg":
-        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        return keras.layers.GlobalAveragePooling2D(name=f"avg_pool{suffix}")(x)
     if len(x.shape) == 4 and pooling == "max":
-        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+        return keras.layers.GlobalMaxPooling2D(name=f"max_pool{suffix}")(x)
     if len(x.shape) != 2:
-        return keras.layers.Flatten(name="flatten")(x)
+        return keras.layers.Flatten(name=f"flatten{suffix}")(x)
     return x
 
 
@@ -179,7 +254,9 @@ def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: 
                           precision: str) -> tuple[Any, NetworkLayout]:
     """Pixels at the source size -> central crop -> preprocessing -> trunk -> pooling.
 
-    Parameters are those of :class:`transferkit.KerasFeatureExtractor`.
+    Parameters are those of :class:`transferkit.KerasFeatureExtractor`. With several cuts
+    (a list, or ``"blocks"``), the trunk is truncated at the deepest and the pooled
+    features of every cut are concatenated, in the order given: one forward pass for all.
 
     Returns
     -------
@@ -193,9 +270,18 @@ def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: 
     from .augmentation import CentralCrop, source_size
     from .cut_points import truncate
 
+    several = several_cuts(cut)
     with keras_precision(precision):
-        trunk = build_trunk(backbone, weights=weights, input_size=input_size, cut=cut,
-                            backbone_kwargs=backbone_kwargs, random_state=random_state)
+        trunk = build_trunk(backbone, weights=weights, input_size=input_size,
+                            cut=None if several else cut, backbone_kwargs=backbone_kwargs,
+                            random_state=random_state)
+        if several:
+            layers, labels = resolve_cuts(trunk, cut, backbone_kwargs)
+            trunk.cut_layer = deepest(trunk.full, layers)
+            if pooling is None and len(layers) > 1:
+                raise several_maps_error(cut)
+        else:
+            layers, labels = [trunk.cut_layer], [trunk.cut_layer.name]
         size = trunk.input_size
         source = source_size(size, crop_fraction)
         pixels = keras.Input((source[0], source[1], 3), dtype="float32", name="pixels")
@@ -204,15 +290,33 @@ def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: 
             # float32 whatever the policy: a bfloat16 crop would round the pixel values.
             x = CentralCrop(size[0], size[1], dtype="float32", name="central_crop")(x)
         x = trunk.preprocess(x) if trunk.preprocess is not None else x
-        x = pool(truncate(trunk.full, trunk.cut_layer)(x), pooling)
+        if several:
+            # One truncated trunk with an output per cut: every layer runs once.
+            maps = truncate(trunk.full, layers)(x)
+            pooled = [pool(m, pooling, f"_{k}") for k, m in enumerate(maps)]
+            widths = [int(p.shape[-1]) for p in pooled]
+            x = (keras.layers.Concatenate(name="cuts")(pooled) if len(pooled) > 1
+                 else pooled[0])
+        else:
+            x = pool(truncate(trunk.full, trunk.cut_layer)(x), pooling)
+            widths = [int(x.shape[-1])]
         # Features leave the model as float32 whatever the compute precision.
         x = keras.layers.Activation("linear", dtype="float32", name="features")(x)
     model = keras.Model(pixels, x, name=f"{trunk.name}_features")
     layout = NetworkLayout(trunk.name, trunk.cut_layer.name, size, source, trunk.preprocessing,
-                           int(x.shape[-1]))
+                           int(x.shape[-1]), tuple(layer.name for layer in layers),
+                           tuple(labels), tuple(widths))
     logger.debug("built %s cut at %s: input %s, %d features", layout.backbone_name,
                  layout.cut_layer, size, layout.n_features)
     return model, layout
+
+
+def several_maps_error(cut: Any) -> ValueError:
+    """The error of several cuts with ``pooling=None``: their maps differ in size."""
+    return advised(
+        ValueError,
+        "{cuts_given} gives several feature maps, of different sizes, which {no_pooling} "
+        "cannot flatten into one row; pass {pool_each_cut}, or a single cut.", cut=cut)
 
 
 def trunk_of(model: Any) -> Any:
