@@ -115,8 +115,15 @@ def test_batch_size_none_runs_small_batches_on_a_cpu(rng_images, monkeypatch):
     seen = []
     auto = small_extractor().fit()
     assert auto.batch_size is None
-    forward = auto._forward
-    monkeypatch.setattr(auto, "_forward", lambda batch: seen.append(len(batch)) or forward(batch))
+    import transferkit.extractor
+
+    run_batches = transferkit.extractor.run_batches
+
+    def spy(passes, *args, **kwargs):
+        counted = [lambda batch, f=f: seen.append(len(batch)) or f(batch) for f in passes]
+        return run_batches(counted, *args, **kwargs)
+
+    monkeypatch.setattr(transferkit.extractor, "run_batches", spy)
     features = auto.transform(np.concatenate([rng_images] * 2))
     assert max(seen) == 8 and sum(seen) == 2 * len(rng_images)
     assert_same_features(features[: len(rng_images)],

@@ -30,7 +30,7 @@ from .backbone_table import BACKBONES, describes_installed_keras
 if TYPE_CHECKING:
     import keras
 
-__all__ = ["list_cut_points", "resolve_cut", "truncate"]
+__all__ = ["block_layers", "list_cut_points", "resolve_cut", "truncate"]
 
 # keras.applications module -> ((regex, template), ...): a layer whose name
 # matches a regex belongs to the block ``match.expand(template)``; the first
@@ -283,6 +283,19 @@ def _built_cut_points(name: str, module: str, backbone_kwargs: dict[str, Any] | 
 
     operations, articulation = _graph(build_smallest(name, backbone_kwargs))
     return list(_block_ends(operations, articulation, module))
+
+
+def block_layers(model: keras.Model, module: str | None) -> dict[str, Any]:
+    """The layer ending each block of a backbone of ``module``, shallowest first.
+
+    What :func:`resolve_cut` gives for each block name, from one walk of the graph.
+    Empty for a family without block names (``module=None``: a user's model).
+    """
+    if not module:
+        return {}
+    operations, articulation = _graph(model)
+    return {name: operations[position]
+            for name, position in _block_ends(operations, articulation, module).items()}
 
 
 def resolve_cut(

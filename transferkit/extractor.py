@@ -15,13 +15,24 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .cache import fingerprint, image_keys, model_memo, resolve_cache, weights_identity
+from .cache import (
+    activation_fingerprint,
+    fingerprint,
+    keyed,
+    model_memo,
+    resolve_cache,
+    resume_points,
+    tap_fingerprint,
+    weights_identity,
+)
 from .console import progress_bar
 from .image_input import as_image_collection
-from .keras_setup import PRECISIONS, default_batch_size, is_keras_model
+from .keras_setup import PRECISIONS, default_batch_size, is_keras_model, keras_precision
 from .network import (
     POOLINGS,
+    StagedBackbone,
     build_feature_network,
+    build_trunk,
     make_forward,
     run_batches,
     several_cuts,
@@ -107,7 +118,11 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         caching, and a directory path keeps the features on disk, shared by every
         process and run that uses it. A cached feature is bit-identical to the one
         that was computed. Random weights without an integer ``random_state`` are
-        never cached (each build differs).
+        never cached (each build differs). Entries are per layer and pooling: for a cut at
+        a block boundary the memory cache also keeps the average and maximum of every
+        boundary an image passed through, and the activation where it stopped, from which
+        a deeper cut resumes; a ``GridSearchCV`` over ``cut`` and ``pooling`` thus runs the
+        network once per image (activations count against the byte budget and go first).
     on_error : {"raise", "nan"}, default="raise"
         What an image that cannot be loaded (a missing, truncated or non-image file) does
         in ``transform``: ``"raise"`` stops at it with an error naming its index and path;
@@ -220,7 +235,11 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         "precision": Options(PRECISIONS),
         "on_error": Options(("raise", "nan"), "use 'raise' or 'nan'"),
     }
-    _keras_attributes = ("model_", "_forward")
+    _keras_attributes = ("model_", "_forward", "_staged")
+    # Set again by every build from the network it builds; not written, so that a file or
+    # pickle of an older transferkit loads the same way.
+    _rebuilt_attributes = ("cut_layers_", "_cut_columns", "_boundaries",
+                           "_network_fingerprint_")
 
     # ------------------------------------------------------------------ building
     def _check_parameters(self) -> None:
@@ -231,8 +250,12 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         check_runtime(self.runtime, self.precision)
         resolve_cache(self.cache)
 
-    def _fingerprint(self, weights: Any) -> bytes | None:
-        """Digest of every parameter that determines the output; None if not reproducible."""
+    def _fingerprint(self, weights: Any, network_only: bool = False) -> bytes | None:
+        """Digest of every parameter that determines the output; None if not reproducible.
+
+        ``network_only``: of every parameter but ``cut`` and ``pooling``, the identity of the
+        network the cuts are taken from (the feature cache's keys add layer and pooling).
+        """
         from .backbones import get_backbone_spec, resolve_input_size
 
         if isinstance(self.backbone, str):
@@ -245,13 +268,16 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
             backbone, size = "user_model", self.input_size
         if identity is None:
             return None
-        return fingerprint({
+        network = {
             "backbone": backbone, "weights": identity, "backbone_kwargs": self.backbone_kwargs,
-            "cut": self.cut, "pooling": self.pooling, "input_size": size,
-            "crop_fraction": float(self.crop_fraction), "precision": self.precision,
+            "input_size": size, "crop_fraction": float(self.crop_fraction),
+            "precision": self.precision,
             # Another runtime rounds differently: its features are not bit-identical.
             "runtime": self.runtime,
-        })
+        }
+        if network_only:
+            return fingerprint({"network": network})
+        return fingerprint({**network, "cut": self.cut, "pooling": self.pooling})
 
     def _features_fingerprint(self) -> bytes | None:
         """The cache key's network part for the weights that ``transform`` runs now.
@@ -261,28 +287,40 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         the user trains the model further, every image is computed anew, never a mix of old
         and new features. Every other network is fixed when it is built.
         """
-        if (self._fingerprint_ is None or self.preprocessing_ != "user_model"
-                or self.runtime != "tensorflow"):
-            return self._fingerprint_
+        network = self._network_fingerprint_
+        if network is None or self.preprocessing_ != "user_model" or self.runtime != "tensorflow":
+            return network
         current = weights_identity(None, None, model=self.model_)
-        return fingerprint({"built": self._fingerprint_.hex(), "weights": current})
+        return fingerprint({"built": network.hex(), "weights": current})
 
-    def _build_network(self, weights: Any) -> tuple[Any, Any]:
+    def _build_trunk(self, weights: Any) -> Any:
+        with keras_precision(self.precision):
+            return build_trunk(self.backbone, weights=weights, input_size=self.input_size,
+                               cut=None, backbone_kwargs=self.backbone_kwargs,
+                               random_state=self.random_state)
+
+    def _build_network(self, weights: Any, trunk: Any = None) -> tuple[Any, Any]:
         """``(model, layout)`` of the feature network these parameters describe."""
         return build_feature_network(
             self.backbone, weights=weights, input_size=self.input_size, cut=self.cut,
             backbone_kwargs=self.backbone_kwargs, random_state=self.random_state,
             crop_fraction=self.crop_fraction, pooling=self.pooling, precision=self.precision,
+            trunk=trunk,
         )
 
-    def _make_forward(self, model: Any, source_size: tuple[int, int]) -> Any:
+    def _make_forward(self, model: Any, source_size: tuple[int, ...]) -> Any:
         # Backbones we built have weights nobody else changes: fold them. A model of the
-        # user's own keeps using its live layers.
+        # user's own keeps using its live layers. Folded and traced at the first batch: in a
+        # grid search most clones find every feature in the cache and never run.
         return make_forward(model, source_size, runtime=self.runtime, precision=self.precision,
-                            fold=isinstance(self.backbone, str))
+                            fold=isinstance(self.backbone, str), lazy=True)
 
-    def _set_network(self, model: Any, forward: Any, layout: Any) -> None:
+    def _set_network(self, model: Any, forward: Any, layout: Any, staged: Any) -> None:
         self.model_, self._forward = model, forward
+        # The backbone block by block, shared by every extractor of the same network: what
+        # computes the features of cuts at block boundaries (see _uses_stages).
+        self._staged = staged
+        self._boundaries = tuple(layout.boundaries)
         self.backbone_name_ = layout.backbone_name
         self.cut_layer_ = layout.cut_layer
         self.cut_layers_ = list(layout.cut_layers)
@@ -293,14 +331,29 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         self.preprocessing_ = layout.preprocessing
         self.n_features_out_ = layout.n_features
 
+    def _staged_backbone(self, model: Any, trunk: Any, layout: Any) -> Any:
+        if not (isinstance(self.backbone, str) and layout.boundaries):
+            return None
+        return StagedBackbone(model, trunk.full, layout.boundaries, layout.source_size,
+                              fold=True)
+
     def _assemble(self, weights: Any) -> None:
         self._fingerprint_ = self._fingerprint(weights)
+        self._network_fingerprint_ = network = self._fingerprint(weights, network_only=True)
         built = model_memo.get(self._fingerprint_) if self._fingerprint_ is not None else None
         if built is None:
-            model, layout = self._build_network(weights)
-            built = (model, self._make_forward(model, layout.source_size), layout)
+            # Clones cut elsewhere or pooled otherwise share one backbone, built once, and
+            # run it block by block through the same passes.
+            shared = model_memo.get(network) if network is not None else None
+            trunk, staged = shared if shared is not None else (self._build_trunk(weights), None)
+            model, layout = self._build_network(weights, trunk)
+            if staged is None:
+                staged = self._staged_backbone(model, trunk, layout)
+                if network is not None:
+                    model_memo.put(network, (trunk, staged))
+            built = (model, self._make_forward(model, layout.source_size), layout, staged)
             if self._fingerprint_ is not None:
-                model_memo.put(self._fingerprint_, built)
+                model_memo.put(self._fingerprint_, built, group=network)
         self._set_network(*built)
 
     def _rebuild_networks(self, weights: Any) -> None:
@@ -308,10 +361,15 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         # The memo is bypassed: this model's weights are the pickled ones. What the build
         # determines is taken from the build, not from the state, so that the network and
         # the attributes describing it cannot disagree.
-        model, layout = self._build_network(None)
+        trunk = self._build_trunk(None)
+        model, layout = self._build_network(None, trunk)
         model.set_weights(weights_for(weights, model))
         # The folded (or converted) copy holds its own weights: made from the restored ones.
-        self._set_network(model, self._make_forward(model, layout.source_size), layout)
+        self._set_network(model, self._make_forward(model, layout.source_size), layout,
+                          self._staged_backbone(model, trunk, layout))
+        # Features of these weights, pooled elsewhere, are not known to be those of a fresh
+        # build with these parameters: shared with no other extractor.
+        self._network_fingerprint_ = getattr(self, "_fingerprint_", None)
 
     def _ensure_built(self) -> None:
         if not hasattr(self, "model_"):
@@ -361,33 +419,14 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         images = as_image_collection(X)
         # NaN until computed: a row nothing wrote can never pass for features.
         out = np.full((len(images), self.n_features_out_), np.nan, dtype=np.float32)
-        features_key = self._features_fingerprint()
-        cache = resolve_cache(self.cache) if features_key is not None else None
-        if cache is None:
-            failures = self._compute(images, out)
+        network = self._features_fingerprint()
+        cache = resolve_cache(self.cache) if network is not None else None
+        if cache is not None:
+            failures = self._transform_cached(images, out, cache, network)
+        elif self._uses_stages():
+            failures = self._compute_by_stages(images, out)
         else:
-            keys = image_keys(images, features_key)
-            known = [i for i, key in enumerate(keys) if key is not None]
-            missing = [i for i, key in enumerate(keys) if key is None]
-            for i, vector in zip(known, cache.get_many([keys[i] for i in known]), strict=True):
-                if vector is None or vector.shape != (self.n_features_out_,):
-                    missing.append(i)
-                else:
-                    out[i] = vector
-            missing.sort()
-            failures = []
-            if missing:
-                logger.debug("feature cache: %d of %d images to compute", len(missing),
-                             len(images))
-                fresh = np.full((len(missing), self.n_features_out_), np.nan, dtype=np.float32)
-                failures = self._compute(images.take(missing), fresh)
-                out[missing] = fresh
-                failed = {position for position, _ in failures}
-                # Only what the network computed, and only finite values: a NaN or inf in the
-                # cache would reach every later extractor of the same network.
-                cache.put_many((keys[i], row) for i, row in zip(missing, fresh, strict=True)
-                               if keys[i] is not None and i not in failed
-                               and np.isfinite(row).all())
+            failures = self._compute(images, out)
         if failures:
             listing = "; ".join(message for _, message in failures[:20])
             more = f" (and {len(failures) - 20} more)" if len(failures) > 20 else ""
@@ -396,6 +435,143 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
                 f"NaN: {listing}{more}", UserWarning, stacklevel=2,
             )
         return out
+
+    def _columns(self) -> list[tuple[str, slice]]:
+        """Each cut's layer and its columns in a row of features."""
+        widths = self._cut_columns[1]
+        starts = np.cumsum([0, *widths])
+        return [(layer, slice(int(starts[k]), int(starts[k + 1])))
+                for k, layer in enumerate(self.cut_layers_)]
+
+    def _transform_cached(self, images: Any, out: np.ndarray, cache: Any,
+                          network: bytes) -> list[tuple[int, str]]:
+        """Fill ``out`` from the cache, computing what it lacks; return the failures.
+
+        Entries are kept per layer and pooling (:func:`transferkit.cache.tap_fingerprint`),
+        so a row of several cuts is put together from one entry per cut.
+        """
+        content = images.content_keys()
+        columns = self._columns()
+        keys = [keyed(content, tap_fingerprint(network, layer, self.pooling))
+                for layer, _ in columns]
+        complete = np.ones(len(images), dtype=bool)
+        for tap_keys, (_, where) in zip(keys, columns, strict=True):
+            known = [i for i, key in enumerate(tap_keys) if key is not None]
+            complete[[i for i, key in enumerate(tap_keys) if key is None]] = False
+            width = where.stop - where.start
+            for i, vector in zip(known, cache.get_many([tap_keys[i] for i in known]),
+                                 strict=True):
+                if vector is None or vector.shape != (width,):
+                    complete[i] = False
+                else:
+                    out[i, where] = vector
+        missing = np.flatnonzero(~complete).tolist()
+        if not missing:
+            return []
+        logger.debug("feature cache: %d of %d images to compute", len(missing), len(images))
+        fresh = np.full((len(missing), self.n_features_out_), np.nan, dtype=np.float32)
+        subset = images.take(missing)
+        if self._uses_stages():
+            failures = self._compute_by_stages(subset, fresh, cache, network,
+                                               [content[i] for i in missing])
+        else:
+            failures = self._compute(subset, fresh)
+            failed = {position for position, _ in failures}
+            # Only what the network computed, and only finite values: a NaN or inf in the
+            # cache would reach every later extractor of the same network.
+            for tap_keys, (_, where) in zip(keys, columns, strict=True):
+                cache.put_many((tap_keys[i], row[where])
+                               for i, row in zip(missing, fresh, strict=True)
+                               if tap_keys[i] is not None and i not in failed
+                               and np.isfinite(row[where]).all())
+        out[missing] = fresh
+        return failures
+
+    def _uses_stages(self) -> bool:
+        """Whether features come from the backbone run block by block.
+
+        For cuts at block boundaries of a named backbone, pooled by average or maximum,
+        computed in float32 by TensorFlow: the feature cache can then keep every boundary
+        an image passes through, and resume from one, with features bit-identical to
+        those computed from the pixels (see :class:`transferkit.network.StagedBackbone`).
+        """
+        return (self._staged is not None and self.pooling in ("avg", "max")
+                and self.precision == "float32" and self.runtime == "tensorflow"
+                and all(layer in self._boundaries for layer in self.cut_layers_))
+
+    def _compute_by_stages(self, images: Any, out: np.ndarray, cache: Any = None,
+                           network: bytes | None = None, content: list | None = None
+                           ) -> list[tuple[int, str]]:
+        """Compute ``images`` into ``out`` block by block; return the failures.
+
+        With a memory cache, each image goes from the deepest block boundary whose
+        activation the cache keeps (else from its pixels) to the deepest cut, and the cache
+        gets the average and the maximum of every boundary on the way, and the activation
+        where it stopped (when there is a deeper boundary to resume to). A search over cuts
+        thus runs the network once per image, to its deepest cut. With a directory, only
+        the features asked for are stored.
+        """
+        boundaries = self._boundaries
+        depth = {layer: boundaries.index(layer) for layer in self.cut_layers_}
+        deepest = max(depth.values())
+        shares = cache is not None and cache.keeps_activations
+        if shares:
+            # Resume only below every cut this extractor reads: their features come from
+            # the blocks that are run.
+            points, activations = resume_points(cache, content, network, boundaries,
+                                                [min(depth.values())] * len(images))
+            wanted = {index: ("avg", "max") for index in range(deepest + 1)}
+        else:
+            points, activations = [None] * len(images), [None] * len(images)
+            wanted = {}
+            for index in depth.values():
+                wanted[index] = (self.pooling,)
+        keep = shares and deepest + 1 < len(boundaries)
+        failures: list[tuple[int, str]] = []
+        for start in sorted(set(points), key=lambda point: -1 if point is None else point):
+            rows = [i for i, point in enumerate(points) if point == start]
+            first = 0 if start is None else start + 1
+            taps = {index: poolings for index, poolings in wanted.items() if index >= first}
+            inputs = (images.take(rows) if start is None
+                      else np.stack([activations[i] for i in rows]))
+            progbar = (progress_bar(len(inputs), unit_name="image")
+                       if self.verbose and start is None else None)
+            (outputs,) = run_batches([self._staged.forward(first, deepest, taps, keep)],
+                                     inputs, self.source_size_,
+                                     self.batch_size or default_batch_size(),
+                                     on_error=self.on_error, progress=progbar)
+            order = [(boundaries[index], pooling) for index in sorted(taps)
+                     for pooling in taps[index]]
+            failed: set[int] = set()
+            if start is None and inputs.failures:
+                failures.extend(inputs.failures)
+                row_of = {inputs.position(j): j for j in range(len(inputs))}
+                failed = {row_of[position] for position, _ in inputs.failures}
+            if cache is not None:
+                self._store(cache, network, [content[i] for i in rows], order, outputs,
+                            boundaries[deepest] if keep else None, failed)
+            tapped = dict(zip(order, outputs, strict=False))
+            for layer, where in self._columns():
+                values = tapped[(layer, self.pooling)]
+                values[sorted(failed)] = np.nan
+                out[rows, where] = values
+        return sorted(failures)
+
+    @staticmethod
+    def _store(cache: Any, network: bytes, content: list, taps: list, outputs: list,
+               keep: str | None, failed: set[int]) -> None:
+        """Give the cache what a stage computed: only finite values of images it read (a
+        NaN in the cache would reach every later extractor of the same network)."""
+        usable = [j for j, key in enumerate(content) if key is not None and j not in failed]
+        for (layer, pooling), values in zip(taps, outputs, strict=False):
+            tap_keys = keyed(content, tap_fingerprint(network, layer, pooling))
+            cache.put_many((tap_keys[j], values[j]) for j in usable
+                           if np.isfinite(values[j]).all())
+        if keep is not None:
+            kept = outputs[len(taps)]
+            activation_keys = keyed(content, activation_fingerprint(network, keep))
+            cache.put_activations((activation_keys[j], kept[j]) for j in usable
+                                  if np.isfinite(kept[j]).all())
 
     def _compute(self, images: Any, out: np.ndarray) -> list[tuple[int, str]]:
         """Run the network over ``images`` into ``out``; return (position, reason) failures.

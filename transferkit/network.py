@@ -26,6 +26,7 @@ training (:mod:`transferkit.training`). Keras-wide settings (seeds, dtype policy
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,9 @@ from .image_input import ImageCollection
 from .keras_setup import ForwardPass, is_keras_model, keras_precision, seeded_keras_init
 from .openvino_runtime import check_runtime, make_openvino_forward
 
-__all__ = ["NetworkLayout", "Trunk", "build_feature_network", "build_trunk", "deepest",
+__all__ = ["NetworkLayout", "StagedBackbone", "Trunk", "build_feature_network",
+           "build_tap_network",
+           "build_trunk", "deepest",
            "make_forward", "pool", "resolve_cuts", "run_batches", "several_cuts",
            "several_maps_error", "trunk_of"]
 
@@ -77,6 +80,10 @@ class NetworkLayout:
         the layer's name for an index.
     cut_widths : tuple of int
         Width of each cut's pooled features; they add up to ``n_features``.
+    boundaries : tuple of str
+        The layers ending the backbone's blocks, shallowest first, all of them (empty for a
+        user's model): where the feature cache shares pooled features between cuts, and
+        where a deeper cut resumes (:func:`build_tap_network`).
     """
 
     backbone_name: str
@@ -88,6 +95,7 @@ class NetworkLayout:
     cut_layers: tuple[str, ...] = ()
     cut_labels: tuple[str, ...] = ()
     cut_widths: tuple[int, ...] = ()
+    boundaries: tuple[str, ...] = ()
 
 
 @dataclass
@@ -107,6 +115,15 @@ class Trunk:
     input_size: tuple[int, int]
     preprocess: Callable[[Any], Any] | None
     preprocessing: str
+    blocks: dict[str, Any] | None = None  # block name -> the layer ending it, once asked
+
+    def block_layers(self) -> dict[str, Any]:
+        """The layer ending each block, shallowest first (read once per backbone)."""
+        if self.blocks is None:
+            from .cut_points import block_layers
+
+            self.blocks = block_layers(self.full, self.module)
+        return self.blocks
 
 
 # ---------------------------------------------------------------------- building
@@ -251,12 +268,16 @@ def pool(x: Any, pooling: str | None, suffix: str = "") -> Any:
 def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
                           backbone_kwargs: dict | None, random_state: Any,
                           crop_fraction: float, pooling: str | None,
-                          precision: str) -> tuple[Any, NetworkLayout]:
+                          precision: str, trunk: Trunk | None = None
+                          ) -> tuple[Any, NetworkLayout]:
     """Pixels at the source size -> central crop -> preprocessing -> trunk -> pooling.
 
     Parameters are those of :class:`transferkit.KerasFeatureExtractor`. With several cuts
     (a list, or ``"blocks"``), the trunk is truncated at the deepest and the pooled
     features of every cut are concatenated, in the order given: one forward pass for all.
+    ``trunk``, from :func:`build_trunk` with the same parameters, is used instead of
+    building the backbone again: networks cut at different places share its layers and
+    weights.
 
     Returns
     -------
@@ -268,20 +289,21 @@ def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: 
     import keras
 
     from .augmentation import CentralCrop, source_size
-    from .cut_points import truncate
+    from .cut_points import resolve_cut, truncate
 
     several = several_cuts(cut)
     with keras_precision(precision):
-        trunk = build_trunk(backbone, weights=weights, input_size=input_size,
-                            cut=None if several else cut, backbone_kwargs=backbone_kwargs,
-                            random_state=random_state)
+        if trunk is None:
+            trunk = build_trunk(backbone, weights=weights, input_size=input_size, cut=None,
+                                backbone_kwargs=backbone_kwargs, random_state=random_state)
         if several:
             layers, labels = resolve_cuts(trunk, cut, backbone_kwargs)
-            trunk.cut_layer = deepest(trunk.full, layers)
             if pooling is None and len(layers) > 1:
                 raise several_maps_error(cut)
         else:
-            layers, labels = [trunk.cut_layer], [trunk.cut_layer.name]
+            layers = [resolve_cut(trunk.full, cut, trunk.module)]
+            labels = [layers[0].name]
+        cut_layer = deepest(trunk.full, layers)
         size = trunk.input_size
         source = source_size(size, crop_fraction)
         pixels = keras.Input((source[0], source[1], 3), dtype="float32", name="pixels")
@@ -298,17 +320,141 @@ def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: 
             x = (keras.layers.Concatenate(name="cuts")(pooled) if len(pooled) > 1
                  else pooled[0])
         else:
-            x = pool(truncate(trunk.full, trunk.cut_layer)(x), pooling)
+            x = pool(truncate(trunk.full, cut_layer)(x), pooling)
             widths = [int(x.shape[-1])]
         # Features leave the model as float32 whatever the compute precision.
         x = keras.layers.Activation("linear", dtype="float32", name="features")(x)
     model = keras.Model(pixels, x, name=f"{trunk.name}_features")
-    layout = NetworkLayout(trunk.name, trunk.cut_layer.name, size, source, trunk.preprocessing,
+    layout = NetworkLayout(trunk.name, cut_layer.name, size, source, trunk.preprocessing,
                            int(x.shape[-1]), tuple(layer.name for layer in layers),
-                           tuple(labels), tuple(widths))
+                           tuple(labels), tuple(widths),
+                           tuple(layer.name for layer in trunk.block_layers().values()))
     logger.debug("built %s cut at %s: input %s, %d features", layout.backbone_name,
                  layout.cut_layer, size, layout.n_features)
     return model, layout
+
+
+def build_tap_network(model: Any, taps: Sequence[tuple[str, str | None]], *,
+                      start: str | None = None, keep: str | None = None,
+                      backbone: Any = None) -> Any:
+    """A network of the layers of a feature network that gives several pooled outputs.
+
+    The same layers (and weights) as ``model``, from the pixels or from the activation of
+    one of its layers, to the pooled output of several ("taps"), and the activation of one
+    layer kept whole, so that the work can go on from there later.
+
+    Parameters
+    ----------
+    model : keras.Model
+        From :func:`build_feature_network`.
+    taps : sequence of (str, str)
+        ``(layer name, pooling)``: the outputs, in this order.
+    start : str, default=None
+        A layer of the trunk whose activation the network takes instead of the pixels.
+    keep : str, default=None
+        A layer whose activation is the last output.
+    backbone : keras.Model, default=None
+        Where the layers are found: the whole backbone ``model``'s trunk was cut from (its
+        layers beyond the cut too); by default that trunk.
+
+    Returns
+    -------
+    keras.Model
+        One output per tap, then the kept activation, all float32.
+    """
+    import keras
+
+    trunk = trunk_of(model)
+    by_name = {op.name: op for op in (backbone or trunk).operations}
+    names = list(dict.fromkeys([layer for layer, _ in taps] + ([keep] if keep else [])))
+    ends = [by_name[name].output for name in names]
+    if start is None:
+        inputs = model.inputs
+        # The trunk's input inside the feature network: the cropped, preprocessed pixels.
+        x = trunk._inbound_nodes[0].input_tensors[0]
+        maps = keras.Model(trunk.inputs, ends, name=f"{trunk.name}_taps")(x)
+    else:
+        first = by_name[start].output
+        inputs = keras.Input(tuple(first.shape[1:]), dtype="float32", name="activation")
+        maps = keras.Model(first, ends, name=f"{trunk.name}_from_{start}")(inputs)
+    maps = maps if isinstance(maps, (list, tuple)) else [maps]
+    by_layer = dict(zip(names, maps, strict=True))
+    outputs = [pool(by_layer[layer], pooling, f"_{k}") for k, (layer, pooling) in enumerate(taps)]
+    if keep:
+        outputs.append(by_layer[keep])
+    return keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0],
+                       name=f"{model.name}_taps")
+
+
+class StagedBackbone:
+    """A backbone run block by block, the same way whatever the cut.
+
+    One pass per block (from the activation at one block boundary to the next; the first
+    from the pixels), folded and traced once for every extractor of the network. Features
+    at a boundary are the eager average or maximum of its activation. A cut's features thus
+    come out of the same computations whether an image starts from its pixels or resumes
+    from an activation the feature cache kept: bit-identical, which one network per cut
+    cannot promise (its kernels, and their rounding, depend on the whole graph).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A network of :func:`build_feature_network`: where the pixels are cropped and
+        preprocessed.
+    backbone : keras.Model
+        The whole backbone ``model``'s trunk was cut from.
+    boundaries : sequence of str
+        The layers ending its blocks, shallowest first.
+    source_size : (int, int)
+        (height, width) of the images.
+    fold : bool
+        Fold BatchNormalization into the convolutions (see :func:`make_forward`).
+    """
+
+    def __init__(self, model: Any, backbone: Any, boundaries: Sequence[str],
+                 source_size: tuple[int, int], fold: bool) -> None:
+        self.model, self.backbone = model, backbone
+        self.boundaries = tuple(boundaries)
+        self.source_size, self.fold = tuple(source_size), fold
+        self._segments: dict[int, Callable[[Any], Any]] = {}
+        self._lock = threading.Lock()
+
+    def segment(self, index: int) -> Callable[[Any], Any]:
+        """The pass from boundary ``index - 1`` (the pixels for 0) to boundary ``index``."""
+        with self._lock:
+            if index not in self._segments:
+                start = None if index == 0 else self.boundaries[index - 1]
+                network = build_tap_network(self.model, [], start=start,
+                                            keep=self.boundaries[index], backbone=self.backbone)
+                shape = (self.source_size if index == 0
+                         else tuple(int(d) for d in network.inputs[0].shape[1:]))
+                self._segments[index] = make_forward(network, shape, fold=self.fold,
+                                                     tensors=True)
+            return self._segments[index]
+
+    def forward(self, first: int, last: int, taps: dict[int, Sequence[str]],
+                keep: bool = False) -> Pass:
+        """A pass from boundary ``first - 1``'s activation (pixels when 0) to ``last``.
+
+        It gives, in order, the pooled features ``taps`` asks for (boundary index ->
+        poolings), then, if ``keep``, the activation at ``last``.
+        """
+        import keras
+
+        def run(batch: Any) -> list[np.ndarray]:
+            outputs = []
+            x = batch
+            for index in range(first, last + 1):
+                x = self.segment(index)(x)
+                for pooling in taps.get(index, ()):
+                    pooled = (keras.ops.mean(x, axis=(1, 2)) if pooling == "avg"
+                              else keras.ops.max(x, axis=(1, 2)))
+                    outputs.append(keras.ops.convert_to_numpy(pooled))
+            if keep:
+                outputs.append(keras.ops.convert_to_numpy(x))
+            return outputs
+
+        return run
 
 
 def several_maps_error(cut: Any) -> ValueError:
@@ -333,9 +479,29 @@ def trunk_of(model: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- running
-def make_forward(network: Any, size: tuple[int, int] | None = None, *,
+class LazyPass:
+    """A forward pass made the first time it runs.
+
+    A grid search builds a network for every candidate, and with the feature cache most of
+    them never run: folding and tracing wait until a batch comes.
+    """
+
+    def __init__(self, make: Callable[[], Pass]) -> None:
+        self._make = make
+        self._pass: Pass | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> Any:
+        if self._pass is None:
+            with self._lock:
+                if self._pass is None:
+                    self._pass = self._make()
+        return self._pass(batch)
+
+
+def make_forward(network: Any, size: tuple[int, ...] | None = None, *,
                  runtime: str = "tensorflow", precision: str = "float32",
-                 fold: bool = False) -> Pass:
+                 fold: bool = False, lazy: bool = False, tensors: bool = False) -> Pass:
     """The one way transferkit runs a network on batches: ``float32 batch -> ndarray``.
 
     Skips ``Model.predict``'s per-call overhead: the network is traced once by
@@ -346,8 +512,9 @@ def make_forward(network: Any, size: tuple[int, int] | None = None, *,
     network : keras.Model or callable
         A model, run with ``training=False``; or a callable of tensors (such as a pass
         that draws augmented views), traced as it is.
-    size : (int, int), default=None
-        (height, width) of the images; None for inputs of any shape (activations).
+    size : (int, int) or (int, int, int), default=None
+        (height, width) of the images, or the (height, width, channels) of activations;
+        None for inputs of any shape.
     runtime : {"tensorflow", "openvino"}, default="tensorflow"
         OpenVINO compiles the model's current weights (``size`` needed, float32 only).
     precision : {"float32", "bfloat16"}, default="float32"
@@ -356,12 +523,21 @@ def make_forward(network: Any, size: tuple[int, int] | None = None, *,
         Run an inference copy with every BatchNormalization folded into the convolution
         before it (see :mod:`transferkit.batchnorm_folding`): only for a model whose weights
         no one changes afterwards.
+    lazy : bool, default=False
+        Convert, fold and trace at the first call (:class:`LazyPass`), not now.
+    tensors : bool, default=False
+        Give the backend's tensors, not ndarrays: for a pass whose output goes on to the
+        next pass (:class:`StagedBackbone`), never copied to the host in between.
 
     Returns
     -------
     callable
+        Gives an ndarray, or a list of them for a network with several outputs.
     """
     check_runtime(runtime, precision)
+    if lazy:
+        return LazyPass(lambda: make_forward(network, size, runtime=runtime,
+                                             precision=precision, fold=fold, tensors=tensors))
     if runtime == "openvino":
         if size is None or not is_keras_model(network):
             raise ValueError("runtime='openvino' runs a keras.Model on images of a known size.")
@@ -375,13 +551,20 @@ def make_forward(network: Any, size: tuple[int, int] | None = None, *,
         logger.debug("folded %d BatchNormalization layers for inference", n_folded)
     call = ForwardPass(network) if is_keras_model(network) else network
     if keras.backend.backend() != "tensorflow":
-        return lambda batch: keras.ops.convert_to_numpy(call(batch))
+        return call if tensors else lambda batch: keras.ops.convert_to_numpy(call(batch))
     import tensorflow as tf
 
-    signature = None if size is None else [tf.TensorSpec((None, size[0], size[1], 3),
-                                                         tf.float32)]
+    shape = None if size is None else (*size, 3) if len(size) == 2 else tuple(size)
+    signature = None if shape is None else [tf.TensorSpec((None, *shape), tf.float32)]
     compiled = tf.function(call, input_signature=signature, reduce_retracing=True)
-    return lambda batch: compiled(tf.convert_to_tensor(batch, tf.float32)).numpy()
+    if tensors:
+        return compiled
+
+    def forward(batch: np.ndarray) -> Any:
+        out = compiled(tf.convert_to_tensor(batch, tf.float32))
+        return [t.numpy() for t in out] if isinstance(out, (list, tuple)) else out.numpy()
+
+    return forward
 
 
 def run_batches(passes: Sequence[Pass], inputs: Any, size: tuple[int, int], batch_size: int,
@@ -414,7 +597,7 @@ def run_batches(passes: Sequence[Pass], inputs: Any, size: tuple[int, int], batc
     Returns
     -------
     list of ndarray
-        One per pass, one row per input.
+        One per pass, one row per input; for a pass with several outputs, a list of them.
     """
     if isinstance(inputs, ImageCollection):
         batches = inputs.batches(size, batch_size, on_error=on_error)
@@ -433,4 +616,12 @@ def run_batches(passes: Sequence[Pass], inputs: Any, size: tuple[int, int], batc
             progress.update(start + len(batch))
     if into is not None:
         return list(into)
-    return [np.concatenate(rows) if rows else np.empty((0,), np.float32) for rows in parts]
+    return [_joined(rows) for rows in parts]
+
+
+def _joined(rows: list[Any]) -> Any:
+    if not rows:
+        return np.empty((0,), np.float32)
+    if isinstance(rows[0], list):  # a network with several outputs
+        return [np.concatenate(column) for column in zip(*rows, strict=True)]
+    return np.concatenate(rows)
