@@ -502,55 +502,58 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
     def _compute_by_stages(self, images: Any, out: np.ndarray, cache: Any = None,
                            network: bytes | None = None, content: list | None = None
                            ) -> list[tuple[int, str]]:
-        """Compute ``images`` into ``out`` block by block; return the failures.
+        """Compute ``images`` into ``out`` in the backbone's stages; return the failures.
 
-        With a memory cache, each image goes from the deepest block boundary whose
+        With a memory cache, each image goes from the deepest resume point whose
         activation the cache keeps (else from its pixels) to the deepest cut, and the cache
-        gets the average and the maximum of every boundary on the way, and the activation
-        where it stopped (when there is a deeper boundary to resume to). A search over cuts
-        thus runs the network once per image, to its deepest cut. With a directory, only
-        the features asked for are stored.
+        gets the average and the maximum of every block boundary on the way, and the
+        activation at the last resume point crossed. A search over cuts thus runs the
+        network about once per image, to its deepest cut. With a directory, only the
+        features asked for are stored.
         """
-        boundaries = self._boundaries
+        boundaries, staged = self._boundaries, self._staged
         depth = {layer: boundaries.index(layer) for layer in self.cut_layers_}
         deepest = max(depth.values())
         shares = cache is not None and cache.keeps_activations
+        points: list[int | None] = [None] * len(images)
+        activations: list[Any] = [None] * len(images)
         if shares:
             # Resume only below every cut this extractor reads: their features come from
-            # the blocks that are run.
-            points, activations = resume_points(cache, content, network, boundaries,
-                                                [min(depth.values())] * len(images))
-            wanted = {index: ("avg", "max") for index in range(deepest + 1)}
-        else:
-            points, activations = [None] * len(images), [None] * len(images)
-            wanted = {}
-            for index in depth.values():
-                wanted[index] = (self.pooling,)
-        keep = shares and deepest + 1 < len(boundaries)
+            # the passes that are run.
+            kept = [i for i in staged.resume_points if i < min(depth.values())]
+            found, activations = resume_points(cache, content, network,
+                                               [boundaries[i] for i in kept],
+                                               [len(kept)] * len(images))
+            points = [None if point is None else kept[point] for point in found]
+        own = {(layer, self.pooling) for layer in self.cut_layers_}
         failures: list[tuple[int, str]] = []
         for start in sorted(set(points), key=lambda point: -1 if point is None else point):
             rows = [i for i, point in enumerate(points) if point == start]
-            first = 0 if start is None else start + 1
-            taps = {index: poolings for index, poolings in wanted.items() if index >= first}
+            kept_at = staged.kept_point(start, deepest) if shares else None
             inputs = (images.take(rows) if start is None
                       else np.stack([activations[i] for i in rows]))
             progbar = (progress_bar(len(inputs), unit_name="image")
                        if self.verbose and start is None else None)
-            (outputs,) = run_batches([self._staged.forward(first, deepest, taps, keep)],
+            (outputs,) = run_batches([staged.forward(start, deepest, keep=kept_at is not None)],
                                      inputs, self.source_size_,
                                      self.batch_size or default_batch_size(),
                                      on_error=self.on_error, progress=progbar)
-            order = [(boundaries[index], pooling) for index in sorted(taps)
-                     for pooling in taps[index]]
+            first = 0 if start is None else start + 1
+            order = [(layer, pooling) for layer in boundaries[first:deepest + 1]
+                     for pooling in ("avg", "max")]
             failed: set[int] = set()
             if start is None and inputs.failures:
                 failures.extend(inputs.failures)
                 row_of = {inputs.position(j): j for j in range(len(inputs))}
                 failed = {row_of[position] for position, _ in inputs.failures}
-            if cache is not None:
-                self._store(cache, network, [content[i] for i in rows], order, outputs,
-                            boundaries[deepest] if keep else None, failed)
             tapped = dict(zip(order, outputs, strict=False))
+            if cache is not None:
+                # A directory gets only what was asked for: some 40 files per image else.
+                stored = order if shares else [tap for tap in order if tap in own]
+                self._store(cache, network, [content[i] for i in rows], stored,
+                            [tapped[tap] for tap in stored],
+                            (boundaries[kept_at], outputs[len(order)])
+                            if kept_at is not None else None, failed)
             for layer, where in self._columns():
                 values = tapped[(layer, self.pooling)]
                 values[sorted(failed)] = np.nan
@@ -558,20 +561,19 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         return sorted(failures)
 
     @staticmethod
-    def _store(cache: Any, network: bytes, content: list, taps: list, outputs: list,
-               keep: str | None, failed: set[int]) -> None:
-        """Give the cache what a stage computed: only finite values of images it read (a
+    def _store(cache: Any, network: bytes, content: list, taps: list, values: list,
+               kept: tuple[str, np.ndarray] | None, failed: set[int]) -> None:
+        """Give the cache what a pass computed: only finite values of images it read (a
         NaN in the cache would reach every later extractor of the same network)."""
         usable = [j for j, key in enumerate(content) if key is not None and j not in failed]
-        for (layer, pooling), values in zip(taps, outputs, strict=False):
+        for (layer, pooling), rows in zip(taps, values, strict=True):
             tap_keys = keyed(content, tap_fingerprint(network, layer, pooling))
-            cache.put_many((tap_keys[j], values[j]) for j in usable
-                           if np.isfinite(values[j]).all())
-        if keep is not None:
-            kept = outputs[len(taps)]
-            activation_keys = keyed(content, activation_fingerprint(network, keep))
-            cache.put_activations((activation_keys[j], kept[j]) for j in usable
-                                  if np.isfinite(kept[j]).all())
+            cache.put_many((tap_keys[j], rows[j]) for j in usable if np.isfinite(rows[j]).all())
+        if kept is not None:
+            layer, rows = kept
+            activation_keys = keyed(content, activation_fingerprint(network, layer))
+            cache.put_activations((activation_keys[j], rows[j]) for j in usable
+                                  if np.isfinite(rows[j]).all())
 
     def _compute(self, images: Any, out: np.ndarray) -> list[tuple[int, str]]:
         """Run the network over ``images`` into ``out``; return (position, reason) failures.

@@ -387,14 +387,16 @@ def build_tap_network(model: Any, taps: Sequence[tuple[str, str | None]], *,
 
 
 class StagedBackbone:
-    """A backbone run block by block, the same way whatever the cut.
+    """A backbone run in a few fixed stages, the same way whatever the cut.
 
-    One pass per block (from the activation at one block boundary to the next; the first
-    from the pixels), folded and traced once for every extractor of the network. Features
-    at a boundary are the eager average or maximum of its activation. A cut's features thus
-    come out of the same computations whether an image starts from its pixels or resumes
-    from an activation the feature cache kept: bit-identical, which one network per cut
-    cannot promise (its kernels, and their rounding, depend on the whole graph).
+    Every computation starts from the pixels or from the activation at a *resume point*
+    (every ``step``-th block boundary) and crosses each resume point as the end of one pass
+    and the start of the next, so a cut's features come out of the same passes whether an
+    image starts from its pixels or resumes from an activation the feature cache kept:
+    bit-identical, which one network per cut cannot promise (a kernel's choice, and its
+    rounding, depends on whether its input is the graph's input). Each pass also gives the
+    average and the maximum of every block boundary it crosses. Passes are folded and
+    traced once, for every extractor of the network.
 
     Parameters
     ----------
@@ -409,49 +411,67 @@ class StagedBackbone:
         (height, width) of the images.
     fold : bool
         Fold BatchNormalization into the convolutions (see :func:`make_forward`).
+    step : int, default=4
+        Block boundaries per stage: fewer passes per batch with more, fewer places to
+        resume from.
     """
 
     def __init__(self, model: Any, backbone: Any, boundaries: Sequence[str],
-                 source_size: tuple[int, int], fold: bool) -> None:
+                 source_size: tuple[int, int], fold: bool, step: int = 4) -> None:
         self.model, self.backbone = model, backbone
         self.boundaries = tuple(boundaries)
         self.source_size, self.fold = tuple(source_size), fold
-        self._segments: dict[int, Callable[[Any], Any]] = {}
+        self.resume_points = tuple(range(step - 1, len(self.boundaries) - 1, step))
+        self._passes: dict[tuple, Callable[[Any], Any]] = {}
         self._lock = threading.Lock()
 
-    def segment(self, index: int) -> Callable[[Any], Any]:
-        """The pass from boundary ``index - 1`` (the pixels for 0) to boundary ``index``."""
+    def _pass(self, start: int | None, end: int, activation: bool) -> Callable[[Any], Any]:
+        key = (start, end, activation)
         with self._lock:
-            if index not in self._segments:
-                start = None if index == 0 else self.boundaries[index - 1]
-                network = build_tap_network(self.model, [], start=start,
-                                            keep=self.boundaries[index], backbone=self.backbone)
-                shape = (self.source_size if index == 0
+            if key not in self._passes:
+                first = 0 if start is None else start + 1
+                taps = [(layer, pooling) for layer in self.boundaries[first:end + 1]
+                        for pooling in ("avg", "max")]
+                network = build_tap_network(
+                    self.model, taps, backbone=self.backbone,
+                    start=None if start is None else self.boundaries[start],
+                    keep=self.boundaries[end] if activation else None)
+                shape = (self.source_size if start is None
                          else tuple(int(d) for d in network.inputs[0].shape[1:]))
-                self._segments[index] = make_forward(network, shape, fold=self.fold,
-                                                     tensors=True)
-            return self._segments[index]
+                self._passes[key] = make_forward(network, shape, fold=self.fold, tensors=True)
+            return self._passes[key]
 
-    def forward(self, first: int, last: int, taps: dict[int, Sequence[str]],
-                keep: bool = False) -> Pass:
-        """A pass from boundary ``first - 1``'s activation (pixels when 0) to ``last``.
+    def kept_point(self, start: int | None, last: int) -> int | None:
+        """The deepest resume point a computation from ``start`` to ``last`` crosses."""
+        crossed = [p for p in self.resume_points if (start is None or p > start) and p <= last]
+        return crossed[-1] if crossed else None
 
-        It gives, in order, the pooled features ``taps`` asks for (boundary index ->
-        poolings), then, if ``keep``, the activation at ``last``.
+    def forward(self, start: int | None, last: int, keep: bool = False) -> Pass:
+        """A pass from the pixels (``start=None``) or a resume point's activation to ``last``.
+
+        It gives the average and the maximum of every boundary after ``start`` up to
+        ``last``, in that order, then, if ``keep``, the activation at
+        :meth:`kept_point` (None when there is none).
         """
         import keras
 
-        def run(batch: Any) -> list[np.ndarray]:
-            outputs = []
-            x = batch
-            for index in range(first, last + 1):
-                x = self.segment(index)(x)
-                for pooling in taps.get(index, ()):
-                    pooled = (keras.ops.mean(x, axis=(1, 2)) if pooling == "avg"
-                              else keras.ops.max(x, axis=(1, 2)))
-                    outputs.append(keras.ops.convert_to_numpy(pooled))
+        stops = [p for p in self.resume_points
+                 if (start is None or p > start) and p < last] + [last]
+        kept_at = self.kept_point(start, last)
+
+        def run(batch: Any) -> list[Any]:
+            outputs: list[Any] = []
+            x, begin, kept = batch, start, None
+            for stop in stops:
+                activation = stop != last or (keep and stop == kept_at)
+                results = self._pass(begin, stop, activation)(x)
+                results = list(results) if isinstance(results, (list, tuple)) else [results]
+                if activation:
+                    x = kept = results.pop()
+                outputs.extend(keras.ops.convert_to_numpy(t) for t in results)
+                begin = stop
             if keep:
-                outputs.append(keras.ops.convert_to_numpy(x))
+                outputs.append(None if kept is None else keras.ops.convert_to_numpy(kept))
             return outputs
 
         return run
