@@ -454,7 +454,7 @@ def test_a_deeper_cut_resumes_from_the_activation_a_shallower_one_kept(mobile_im
     assert passes == ["pixels", "activations"]
 
 
-def test_the_other_pooling_and_every_boundary_passed_are_already_cached(mobile_images, fresh):
+def test_the_other_pooling_and_the_resume_points_passed_are_already_cached(mobile_images, fresh):
     cache = MemoryFeatureCache()
     mobile(cache, cut="block_6", pooling="avg").fit_transform(mobile_images)
     misses = cache.misses

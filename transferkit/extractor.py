@@ -506,8 +506,8 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
 
         With a memory cache, each image goes from the deepest resume point whose
         activation the cache keeps (else from its pixels) to the deepest cut, and the cache
-        gets the average and the maximum of every block boundary on the way, and the
-        activation at the last resume point crossed. A search over cuts thus runs the
+        gets the average and the maximum of the cuts and of every resume point on the way,
+        and the activation at the last resume point crossed. A search over cuts thus runs the
         network about once per image, to its deepest cut. With a directory, only the
         features asked for are stored.
         """
@@ -534,28 +534,33 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
                       else np.stack([activations[i] for i in rows]))
             progbar = (progress_bar(len(inputs), unit_name="image")
                        if self.verbose and start is None else None)
-            (outputs,) = run_batches([staged.forward(start, deepest, keep=kept_at is not None)],
-                                     inputs, self.source_size_,
+            first = 0 if start is None else start + 1
+            # Both poolings of the cuts, and in memory of the resume points crossed: where
+            # the next cuts of a search find them.
+            tapped = sorted({index for index in depth.values() if index >= first}
+                            | ({index for index in staged.resume_points
+                                if first <= index <= deepest} if shares else set()))
+            forward = staged.forward(start, deepest, tapped, keep=kept_at is not None)
+            (outputs,) = run_batches([forward], inputs, self.source_size_,
                                      self.batch_size or default_batch_size(),
                                      on_error=self.on_error, progress=progbar)
-            first = 0 if start is None else start + 1
-            order = [(layer, pooling) for layer in boundaries[first:deepest + 1]
+            order = [(boundaries[index], pooling) for index in tapped
                      for pooling in ("avg", "max")]
             failed: set[int] = set()
             if start is None and inputs.failures:
                 failures.extend(inputs.failures)
                 row_of = {inputs.position(j): j for j in range(len(inputs))}
                 failed = {row_of[position] for position, _ in inputs.failures}
-            tapped = dict(zip(order, outputs, strict=False))
+            pooled = dict(zip(order, outputs, strict=False))
             if cache is not None:
                 # A directory gets only what was asked for: some 40 files per image else.
                 stored = order if shares else [tap for tap in order if tap in own]
                 self._store(cache, network, [content[i] for i in rows], stored,
-                            [tapped[tap] for tap in stored],
+                            [pooled[tap] for tap in stored],
                             (boundaries[kept_at], outputs[len(order)])
                             if kept_at is not None else None, failed)
             for layer, where in self._columns():
-                values = tapped[(layer, self.pooling)]
+                values = pooled[(layer, self.pooling)]
                 values[sorted(failed)] = np.nan
                 out[rows, where] = values
         return sorted(failures)

@@ -395,7 +395,7 @@ class StagedBackbone:
     image starts from its pixels or resumes from an activation the feature cache kept:
     bit-identical, which one network per cut cannot promise (a kernel's choice, and its
     rounding, depends on whether its input is the graph's input). Each pass also gives the
-    average and the maximum of every block boundary it crosses. Passes are folded and
+    average and the maximum of the block boundaries it is asked for. Passes are folded and
     traced once, for every extractor of the network.
 
     Parameters
@@ -425,12 +425,12 @@ class StagedBackbone:
         self._passes: dict[tuple, Callable[[Any], Any]] = {}
         self._lock = threading.Lock()
 
-    def _pass(self, start: int | None, end: int, activation: bool) -> Callable[[Any], Any]:
-        key = (start, end, activation)
+    def _pass(self, start: int | None, end: int, activation: bool,
+              tapped: tuple[int, ...]) -> Callable[[Any], Any]:
+        key = (start, end, activation, tapped)
         with self._lock:
             if key not in self._passes:
-                first = 0 if start is None else start + 1
-                taps = [(layer, pooling) for layer in self.boundaries[first:end + 1]
+                taps = [(self.boundaries[index], pooling) for index in tapped
                         for pooling in ("avg", "max")]
                 network = build_tap_network(
                     self.model, taps, backbone=self.backbone,
@@ -446,12 +446,15 @@ class StagedBackbone:
         crossed = [p for p in self.resume_points if (start is None or p > start) and p <= last]
         return crossed[-1] if crossed else None
 
-    def forward(self, start: int | None, last: int, keep: bool = False) -> Pass:
+    def forward(self, start: int | None, last: int, tapped: Sequence[int],
+                keep: bool = False) -> Pass:
         """A pass from the pixels (``start=None``) or a resume point's activation to ``last``.
 
-        It gives the average and the maximum of every boundary after ``start`` up to
-        ``last``, in that order, then, if ``keep``, the activation at
-        :meth:`kept_point` (None when there is none).
+        It gives the average and the maximum of each boundary of ``tapped`` (indices after
+        ``start``, up to ``last``), shallowest first, then, if ``keep``, the activation at
+        :meth:`kept_point` (None when there is none). Pooling every boundary crossed would
+        cost a third more than the pass itself (each pooled map leaves the fused kernels'
+        memory layout); the feature cache asks for its resume points and the cuts.
         """
         import keras
 
@@ -464,7 +467,9 @@ class StagedBackbone:
             x, begin, kept = batch, start, None
             for stop in stops:
                 activation = stop != last or (keep and stop == kept_at)
-                results = self._pass(begin, stop, activation)(x)
+                inside = tuple(sorted(i for i in set(tapped)
+                                      if (begin is None or i > begin) and i <= stop))
+                results = self._pass(begin, stop, activation, inside)(x)
                 results = list(results) if isinstance(results, (list, tuple)) else [results]
                 if activation:
                     x = kept = results.pop()
