@@ -24,8 +24,8 @@ Keyed by layer rather than by the ``cut`` parameter, one entry serves every extr
 reads that layer: a list of cuts, ``"conv4"``, the name of its last layer or its index.
 That is what makes a search over cuts cost one pass (``GridSearchCV`` over
 ``features__cut`` and ``features__pooling``): an extractor that computes an image at a
-block boundary also stores the average and the maximum of every boundary it passes
-through, and, in a memory cache, the activation where it stopped
+block boundary also stores, in a memory cache, both poolings of its cuts and of the resume
+points it passes through, and the activation at the last of those
 (:meth:`MemoryFeatureCache.put_activations`), from which a deeper cut resumes instead of
 starting again from the pixels (:func:`resume_points`). Activations count against the same
 byte budget and are evicted before any feature vector.

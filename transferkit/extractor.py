@@ -119,10 +119,11 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         process and run that uses it. A cached feature is bit-identical to the one
         that was computed. Random weights without an integer ``random_state`` are
         never cached (each build differs). Entries are per layer and pooling: for a cut at
-        a block boundary the memory cache also keeps the average and maximum of every
-        boundary an image passed through, and the activation where it stopped, from which
-        a deeper cut resumes; a ``GridSearchCV`` over ``cut`` and ``pooling`` thus runs the
-        network once per image (activations count against the byte budget and go first).
+        a block boundary the memory cache also keeps the other pooling, both poolings of
+        the stage ends an image passed through (one boundary in four) and the activation at
+        the last of them, from which a deeper cut resumes; a ``GridSearchCV`` over ``cut``
+        and ``pooling`` thus runs the network about once per image (activations count
+        against the byte budget and go first).
     on_error : {"raise", "nan"}, default="raise"
         What an image that cannot be loaded (a missing, truncated or non-image file) does
         in ``transform``: ``"raise"`` stops at it with an error naming its index and path;
@@ -491,9 +492,10 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         """Whether features come from the backbone run block by block.
 
         For cuts at block boundaries of a named backbone, pooled by average or maximum,
-        computed in float32 by TensorFlow: the feature cache can then keep every boundary
-        an image passes through, and resume from one, with features bit-identical to
-        those computed from the pixels (see :class:`transferkit.network.StagedBackbone`).
+        computed in float32 by TensorFlow: the memory cache can then keep both poolings and
+        the activations of the resume points an image passes through, and resume from
+        one, with features bit-identical to those computed from the pixels (see
+        :class:`transferkit.network.StagedBackbone`).
         """
         return (self._staged is not None and self.pooling in ("avg", "max")
                 and self.precision == "float32" and self.runtime == "tensorflow"
