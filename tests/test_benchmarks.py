@@ -53,6 +53,20 @@ def test_grid_search_cache_computes_each_image_once_and_agrees():
     assert positive(report["cached_search_over_plain_transform"])
 
 
+def test_cut_search_reports_both_searches_and_their_yardstick():
+    report = run_benchmark("cut_search.py")
+    assert len(report["cuts"]) >= 2 and report["poolings"] == ["avg", "max"]
+    # Every cut misses once per image, but only the shared cache has the other pooling.
+    assert report["shared_cache_misses"] * 2 == report["per_cut_cache_misses"]
+    # Bit-identical features, whichever way they were reached: the same scores.
+    assert report["same_scores"] is True and report["same_best_params"] is True
+    for key in ("plain_transform_one_pass_s", "plain_transform_s", "classifier_fits_s",
+                "search_per_cut_s", "search_shared_s", "speedup_shared_vs_per_cut",
+                "shared_search_over_plain_transform_plus_fits"):
+        assert positive(report[key]), key
+    assert set(report["targets_met"]) == set(report["targets"])
+
+
 def test_roofline_counts_resnet50_flops_and_measures_a_roof():
     report = run_benchmark("roofline.py")
     # ResNet50 without its top: ~7.7 GFLOPs at 224 px, scaling with the pixel count.

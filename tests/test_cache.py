@@ -80,8 +80,6 @@ def test_clones_reuse_the_built_model():
     "change",
     [
         {"backbone": "VGG19"},
-        {"cut": "block4"},
-        {"pooling": "max"},
         {"input_size": 48},
         {"random_state": 1},
         {"precision": "bfloat16"},
@@ -89,7 +87,8 @@ def test_clones_reuse_the_built_model():
     ],
     ids=lambda change: next(iter(change)),
 )
-def test_changing_any_parameter_misses_the_cache(images, change):
+def test_changing_any_parameter_of_the_network_misses_the_cache(images, change):
+    # Cut and pooling are not among them: see the tests of a search over cuts below.
     cache = MemoryFeatureCache()
     extractor(cache).fit_transform(images)
     extractor(cache, **change).fit_transform(images)
@@ -333,11 +332,12 @@ def test_disk_entry_replaced_by_a_directory_is_a_miss(tmp_path, images):
 
 
 def _keys(images):
-    from transferkit.cache import image_keys
+    from transferkit.cache import image_keys, tap_fingerprint
     from transferkit.image_input import as_image_collection
 
     fitted = extractor(None).fit()
-    return image_keys(as_image_collection(images), fitted._fingerprint_)
+    tap = tap_fingerprint(fitted._network_fingerprint_, fitted.cut_layer_, fitted.pooling)
+    return image_keys(as_image_collection(images), tap)
 
 
 @pytest.mark.parametrize("cache_kind", ["memory", "disk"])
@@ -396,3 +396,124 @@ def test_read_only_cache_directory_warns_and_computes(tmp_path, images):
     finally:
         directory.chmod(0o700)
     assert_features_equal(features, _fresh(images))
+
+
+# ------------------------------------------------------- a search over cuts, one pass per image
+# MobileNetV2 (64 px, random weights): BatchNormalization everywhere, so the networks the
+# cache runs are folded as the extractor's own network is.
+MOBILE = {"backbone": "MobileNetV2", "weights": None, "random_state": 0, "input_size": 64}
+CUTS = ["block_3", "block_6", "block_13"]
+
+
+def mobile(cache, **params) -> KerasFeatureExtractor:
+    return KerasFeatureExtractor(**{**MOBILE, **params}, cache=cache)
+
+
+@pytest.fixture(scope="module")
+def mobile_images():
+    return np.random.default_rng(7).integers(0, 256, (10, 64, 64, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def fresh(mobile_images):
+    """Each cut's features computed without a cache, by the network cut there."""
+    return {(cut, pooling): mobile(None, cut=cut, pooling=pooling).fit_transform(mobile_images)
+            for cut in CUTS for pooling in ("avg", "max")}
+
+
+@pytest.fixture
+def passes(monkeypatch):
+    """What each forward pass of an extractor started from: 'pixels' or 'activations'."""
+    import transferkit.extractor
+
+    seen: list[str] = []
+    real = transferkit.extractor.run_batches
+
+    def spy(passes, inputs, *args, **kwargs):
+        seen.append("activations" if isinstance(inputs, np.ndarray) else "pixels")
+        return real(passes, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(transferkit.extractor, "run_batches", spy)
+    return seen
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_features_of_cuts_that_resume_are_bit_identical_to_fresh_ones(mobile_images, fresh,
+                                                                      pooling):
+    cache = MemoryFeatureCache()
+    for cut in CUTS:
+        shared = mobile(cache, cut=cut, pooling=pooling).fit_transform(mobile_images)
+        assert np.abs(shared).max() > 0
+        assert np.array_equal(shared, fresh[(cut, pooling)]), cut
+
+
+def test_a_deeper_cut_resumes_from_the_activation_a_shallower_one_kept(mobile_images, passes):
+    cache = MemoryFeatureCache()
+    mobile(cache, cut="block_3").fit_transform(mobile_images)
+    mobile(cache, cut="block_13").fit_transform(mobile_images)
+    assert passes == ["pixels", "activations"]
+
+
+def test_the_other_pooling_and_the_resume_points_passed_are_already_cached(mobile_images, fresh):
+    cache = MemoryFeatureCache()
+    mobile(cache, cut="block_6", pooling="avg").fit_transform(mobile_images)
+    misses = cache.misses
+    for cut, pooling in [("block_6", "max"), ("block_3", "avg"), ("block_3", "max")]:
+        cached = mobile(cache, cut=cut, pooling=pooling).fit_transform(mobile_images)
+        assert np.array_equal(cached, fresh[(cut, pooling)])
+    assert cache.misses == misses
+
+
+def test_a_list_of_cuts_is_put_together_from_the_entries_of_each_cut(mobile_images, fresh):
+    cache = MemoryFeatureCache()
+    mobile(cache, cut="block_13").fit_transform(mobile_images)
+    misses = cache.misses
+    both = mobile(cache, cut=["block_3", "block_13"]).fit_transform(mobile_images)
+    assert cache.misses == misses
+    assert np.array_equal(both, np.hstack([fresh[("block_3", "avg")],
+                                           fresh[("block_13", "avg")]]))
+
+
+def test_a_grid_search_over_cuts_and_poolings_reads_each_image_once(passes):
+    X, y = np.random.default_rng(8).integers(0, 256, (12, 64, 64, 3), np.uint8), np.arange(12) % 2
+    grid = {"features__cut": CUTS, "features__pooling": ["avg", "max"]}
+
+    def search(cache):
+        pipe = Pipeline([("features", mobile(cache)), ("clf", LogisticRegression())])
+        return GridSearchCV(pipe, grid, cv=2).fit(X, y)
+
+    shared = search(MemoryFeatureCache())
+    # Fold 0 reads its training images, then its test images, from their pixels; every
+    # later cut resumes where the one before stopped.
+    assert passes.count("pixels") == 2
+    passes.clear()
+    uncached = search(None)
+    assert passes == ["pixels"] * len(passes) and len(passes) > 2
+    assert np.array_equal(shared.cv_results_["mean_test_score"],
+                          uncached.cv_results_["mean_test_score"])
+
+
+def test_clones_cut_elsewhere_share_one_backbone():
+    from transferkit.network import trunk_of
+
+    shallow = mobile("memory", cut="block_3").fit()
+    deep = mobile("memory", cut="block_13").fit()
+    assert trunk_of(shallow.model_).layers[1] is trunk_of(deep.model_).layers[1]
+
+
+def test_activations_are_evicted_before_any_feature_vector_within_the_budget():
+    cache = MemoryFeatureCache(max_bytes=1000)
+    cache.put_many([(b"feature", np.ones(100, np.float32))])  # 400 bytes
+    cache.put_activations([(b"first", np.ones(100, np.float32))])
+    cache.put_activations([(b"second", np.ones(100, np.float32))])
+    assert cache.nbytes <= 1000
+    assert cache.get_many([b"feature"])[0] is not None
+    assert cache.get_activations([b"first", b"second"])[0] is None
+    assert cache.get_activations([b"second"])[0] is not None
+
+
+def test_a_disk_cache_keeps_no_activations(tmp_path):
+    cache = DiskFeatureCache(tmp_path)
+    cache.put_activations([(b"key", np.ones(8, np.float32))])
+    assert cache.get_activations([b"key"]) == [None]
+    assert list(tmp_path.rglob("*")) == []

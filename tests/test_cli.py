@@ -120,6 +120,27 @@ def test_extract_writes_parquet_with_a_path_column(image_folder, tmp_path):
     assert frame["path"].str.endswith(".png").all()
 
 
+def test_extract_with_repeated_cut_writes_each_cuts_features_side_by_side(image_folder,
+                                                                          tmp_path):
+    from transferkit.cli import main
+
+    output = tmp_path / "features.npz"
+    assert main(["extract", str(image_folder / "dark"), "-o", str(output), "--quiet",
+                 "--cut", "block2", "--cut", "block3", *SMALL]) == 0
+    names = np.load(output)["feature_names"]
+    assert np.load(output)["features"].shape == (8, 128 + 256)
+    assert (names[0], names[128]) == ("block2_avg_0", "block3_avg_0")
+
+
+def test_extract_with_several_cuts_and_no_pooling_names_the_flags_to_use(image_folder,
+                                                                         tmp_path, capsys):
+    from transferkit.cli import main
+
+    assert main(["extract", str(image_folder), "-o", str(tmp_path / "f.npz"), "--cut",
+                 "block2", "--cut", "block3", "--pooling", "none", *SMALL]) != 0
+    assert "use --pooling avg or --pooling max" in capsys.readouterr().err
+
+
 def test_extract_refuses_an_unknown_output_format(image_folder, tmp_path, capsys):
     from transferkit.cli import main
 

@@ -273,3 +273,20 @@ def test_truncate_names_the_model_and_shares_layers(resnet50):
     assert truncated.name == f"{resnet50.name}_to_conv3_block4_out"
     assert truncated.get_layer("conv2_block1_1_conv") is resnet50.get_layer("conv2_block1_1_conv")
     assert tuple(truncated.output.shape) == (None, 8, 8, 512)
+
+
+def test_a_layer_whose_successors_also_read_an_earlier_layer_is_no_articulation():
+    # A NASNet cell reads the cell before the previous one: a computation cannot start
+    # from the previous cell's activation alone, so staged passes must not resume there.
+    import keras
+
+    from transferkit.cut_points import articulation_names
+
+    inputs = keras.Input((8, 8, 3))
+    first = keras.layers.Conv2D(4, 1, name="first")(inputs)
+    second = keras.layers.Conv2D(4, 1, name="second")(first)
+    joined = keras.layers.Add(name="joined")([first, second])
+    last = keras.layers.Conv2D(4, 1, name="last")(joined)
+    names = articulation_names(keras.Model(inputs, last))
+    assert {"first", "joined"} <= names
+    assert "second" not in names

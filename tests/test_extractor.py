@@ -115,8 +115,15 @@ def test_batch_size_none_runs_small_batches_on_a_cpu(rng_images, monkeypatch):
     seen = []
     auto = small_extractor().fit()
     assert auto.batch_size is None
-    forward = auto._forward
-    monkeypatch.setattr(auto, "_forward", lambda batch: seen.append(len(batch)) or forward(batch))
+    import transferkit.extractor
+
+    run_batches = transferkit.extractor.run_batches
+
+    def spy(passes, *args, **kwargs):
+        counted = [lambda batch, f=f: seen.append(len(batch)) or f(batch) for f in passes]
+        return run_batches(counted, *args, **kwargs)
+
+    monkeypatch.setattr(transferkit.extractor, "run_batches", spy)
     features = auto.transform(np.concatenate([rng_images] * 2))
     assert max(seen) == 8 and sum(seen) == 2 * len(rng_images)
     assert_same_features(features[: len(rng_images)],
@@ -320,3 +327,77 @@ def test_pipeline_with_logistic_regression_learns_a_visible_signal():
     y = np.array(["dark"] * 20 + ["bright"] * 20)
     pipe = Pipeline([("features", small_extractor()), ("clf", LogisticRegression())])
     assert pipe.fit(X, y).score(X, y) == 1.0
+
+
+# ---------------------------------------------------------------- several cuts in one pass
+SEVERAL = ["block2", "block4"]
+
+
+@pytest.fixture(scope="module")
+def two_cuts():
+    """VGG16 (32 px) cut after blocks 2 and 4, fitted once for the tests that only read it."""
+    return small_extractor(cut=SEVERAL).fit()
+
+
+def test_several_cuts_give_each_cuts_features_side_by_side(two_cuts, rng_images):
+    each = [small_extractor(cut=cut).fit_transform(rng_images) for cut in SEVERAL]
+    assert np.array_equal(two_cuts.transform(rng_images), np.hstack(each))
+
+
+def test_several_cuts_run_one_network_truncated_at_the_deepest(two_cuts):
+    from transferkit.network import trunk_of
+
+    layers = [layer.name for layer in trunk_of(two_cuts.model_).layers]
+    assert layers[-1] == "block4_pool" and "block5_conv1" not in layers
+    assert two_cuts.cut_layer_ == "block4_pool"
+    assert two_cuts.cut_layers_ == ["block2_pool", "block4_pool"]
+
+
+def test_several_cuts_name_each_column_by_its_cut_and_pooling(two_cuts):
+    names = two_cuts.get_feature_names_out()
+    assert two_cuts.n_features_out_ == len(names) == 128 + 512
+    assert (names[0], names[127], names[128], names[-1]) == (
+        "block2_avg_0", "block2_avg_127", "block4_avg_0", "block4_avg_511")
+
+
+def test_an_index_among_several_cuts_is_named_by_its_layer(rng_images):
+    extractor = small_extractor(cut=[6, "block4"], pooling="max").fit()
+    assert extractor.get_feature_names_out()[0] == "block2_pool_max_0"
+
+
+def test_cut_blocks_is_every_block_boundary_of_the_backbone(rng_images):
+    from transferkit import list_cut_points
+
+    blocks = small_extractor(cut="blocks", pooling="max")
+    listed = small_extractor(cut=list_cut_points("VGG16"), pooling="max")
+    assert np.array_equal(blocks.fit_transform(rng_images), listed.fit_transform(rng_images))
+    assert blocks.cut_layers_ == [f"block{i}_pool" for i in range(1, 6)]
+
+
+def test_several_cuts_without_pooling_say_which_pooling_to_use():
+    extractor = small_extractor(cut=SEVERAL, pooling=None)
+    with pytest.raises(ValueError, match=r"cut=\['block2', 'block4'\].*pooling='avg' or "
+                                         r"pooling='max'"):
+        extractor.fit()
+
+
+def test_two_cuts_at_the_same_layer_are_refused():
+    with pytest.raises(ValueError, match="'block2_pool' twice"):
+        small_extractor(cut=["block2", "block2_pool"]).fit()
+
+
+@pytest.mark.parametrize("cut", [[], ["block2", None], ["block2", 1.5], {"block2"}])
+def test_a_list_of_cuts_holds_names_and_indices_only(cut):
+    with pytest.raises(ValueError, match="list of names and indices"):
+        small_extractor(cut=cut).fit()
+
+
+def test_several_cuts_survive_clone_pickle_and_pandas_output(two_cuts, rng_images):
+    import pickle
+
+    pd = pytest.importorskip("pandas")
+    assert clone(two_cuts).get_params()["cut"] == SEVERAL
+    copy = pickle.loads(pickle.dumps(two_cuts))
+    assert np.array_equal(copy.transform(rng_images), two_cuts.transform(rng_images))
+    frame = clone(two_cuts).set_output(transform="pandas").fit_transform(rng_images)
+    assert isinstance(frame, pd.DataFrame) and frame.columns[128] == "block4_avg_0"

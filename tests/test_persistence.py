@@ -262,6 +262,16 @@ def test_values_with_no_plain_data_form_are_refused_naming_the_parameter(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_extractor_with_several_cuts_is_saved_and_loaded(data, tmp_path):
+    X, _ = data
+    extractor = KerasFeatureExtractor(**{**EXTRACTOR, "cut": ["block1", "block2"]}).fit()
+    save(extractor, tmp_path / "cuts.tkz")
+    loaded = load(tmp_path / "cuts.tkz")
+    assert loaded.cut == ["block1", "block2"]
+    assert np.array_equal(loaded.transform(X), extractor.transform(X))
+    assert list(loaded.get_feature_names_out()) == list(extractor.get_feature_names_out())
+
+
 def test_only_the_two_estimators_are_saved(tmp_path):
     class Mine(KerasFeatureExtractor):
         pass

@@ -58,6 +58,23 @@ def test_grid_search_over_every_form_of_cut():
     assert search.best_params_["features__cut"] in (-4, "block3", "block5_conv3")
 
 
+def test_grid_search_over_single_cuts_and_a_list_of_cuts():
+    X, y = _two_class_images()
+    cuts = ["block3", ["block3", "block5"]]
+    search = GridSearchCV(_pipeline(), {"features__cut": cuts}, cv=2).fit(X, y)
+    assert search.best_params_["features__cut"] in cuts
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+
+
+def test_joblib_round_trip_of_an_extractor_with_several_cuts(tmp_path):
+    X, _ = _two_class_images(2)
+    extractor = _pipeline(cache=None, cut=["block2", "block3"]).named_steps["features"].fit()
+    joblib.dump(extractor, tmp_path / "extractor.joblib")
+    restored = joblib.load(tmp_path / "extractor.joblib")
+    np.testing.assert_array_equal(restored.transform(X), extractor.transform(X))
+    assert list(restored.get_feature_names_out()) == list(extractor.get_feature_names_out())
+
+
 def test_pickled_extractor_gives_identical_features_in_this_process(tmp_path):
     X, _ = _two_class_images(2)
     extractor = _pipeline(cache=None).named_steps["features"].fit()

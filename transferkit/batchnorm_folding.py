@@ -38,9 +38,14 @@ def _foldable_pairs(model: Any) -> dict[int, Any]:
     """``{id(conv): batch_norm}`` for every BatchNormalization that can be folded."""
     layers = keras.layers
     convolutions = (layers.Conv2D, layers.DepthwiseConv2D, layers.SeparableConv2D)
+    # Only this model's calls count: a model built from another's intermediate tensor (a
+    # stage of a backbone) calls its layers a second time, in a graph of its own.
+    mine = {id(node) for nodes in model._nodes_by_depth.values() for node in nodes}
+    calls = {id(op): [node for node in op._inbound_nodes if id(node) in mine]
+             for op in model.operations}
     consumers: dict[int, int] = {}
     for operation in model.operations:
-        for node in operation._inbound_nodes:
+        for node in calls[id(operation)]:
             for tensor in node.input_tensors:
                 key = id(_producer(tensor))
                 consumers[key] = consumers.get(key, 0) + 1
@@ -50,13 +55,13 @@ def _foldable_pairs(model: Any) -> dict[int, Any]:
 
     pairs = {}
     for bn in model.operations:
-        if not isinstance(bn, layers.BatchNormalization) or len(bn._inbound_nodes) != 1:
+        if not isinstance(bn, layers.BatchNormalization) or len(calls[id(bn)]) != 1:
             continue
-        inputs = bn._inbound_nodes[0].input_tensors
+        inputs = calls[id(bn)][0].input_tensors
         conv = _producer(inputs[0]) if len(inputs) == 1 else None
         if (
             isinstance(conv, convolutions)
-            and len(conv._inbound_nodes) == 1
+            and len(calls.get(id(conv), ())) == 1
             and consumers.get(id(conv)) == 1
             and conv.data_format == "channels_last"
             and conv.activation is keras.activations.linear

@@ -15,10 +15,20 @@ features never change. Two caches remove that waste:
   model build.
 
 Keys cover everything that changes a feature: the library version, the Keras
-version, backbone, constructor arguments, weights identity, cut, pooling, input
-size, preprocessing and precision, plus the image content (the pixel bytes of an
-array or PIL image; for a file path, the file's resolved path, size and
-modification time).
+version, backbone, constructor arguments, weights identity, input size, preprocessing and
+precision (the *network*), the layer and the pooling (a *tap* of it), plus the image
+content (the pixel bytes of an array or PIL image; for a file path, the file's resolved
+path, size and modification time).
+
+Keyed by layer rather than by the ``cut`` parameter, one entry serves every extractor that
+reads that layer: a list of cuts, ``"conv4"``, the name of its last layer or its index.
+That is what makes a search over cuts cost one pass (``GridSearchCV`` over
+``features__cut`` and ``features__pooling``): an extractor that computes an image at a
+block boundary also stores, in a memory cache, both poolings of its cuts and of the resume
+points it passes through, and the activation at the last of those
+(:meth:`MemoryFeatureCache.put_activations`), from which a deeper cut resumes instead of
+starting again from the pixels (:func:`resume_points`). Activations count against the same
+byte budget and are evicted before any feature vector.
 """
 
 from __future__ import annotations
@@ -40,9 +50,13 @@ import numpy as np
 __all__ = [
     "DiskFeatureCache",
     "MemoryFeatureCache",
+    "activation_fingerprint",
     "default_memory_cache",
     "image_keys",
+    "keyed",
     "resolve_cache",
+    "resume_points",
+    "tap_fingerprint",
 ]
 
 DEFAULT_MEMORY_BYTES = 1 << 30  # 1 GiB: ~130,000 ResNet50 feature vectors.
@@ -77,7 +91,10 @@ class MemoryFeatureCache:
     misses : int
         Lookups that did not.
     nbytes : int
-        Bytes currently stored.
+        Bytes currently stored, activations included.
+    keeps_activations : bool
+        True: it also keeps the activations deeper cuts resume from, within ``max_bytes``,
+        evicted before any feature vector.
 
     Examples
     --------
@@ -87,11 +104,14 @@ class MemoryFeatureCache:
     >>> extractor = KerasFeatureExtractor("MobileNetV2", cache=shared)
     """
 
+    keeps_activations = True
+
     def __init__(self, max_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
         if not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
             raise ValueError(f"max_bytes={max_bytes!r} must be a non-negative integer.")
         self.max_bytes = int(max_bytes)
         self._entries: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._activations: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self.nbytes = 0
         self.hits = 0
@@ -123,26 +143,49 @@ class MemoryFeatureCache:
     def put_many(self, items: Iterable[tuple[bytes, np.ndarray]]) -> None:
         """Store vectors, evicting the least recently used beyond ``max_bytes``."""
         with self._lock:
-            for key, vector in items:
-                # A private read-only copy: callers can neither change a stored vector
-                # through their array nor see it change.
-                vector = np.array(vector, copy=True)
-                vector.setflags(write=False)
-                old = self._entries.pop(key, None)
-                if old is not None:
-                    self.nbytes -= old.nbytes
-                if vector.nbytes > self.max_bytes:
-                    continue
-                self._entries[key] = vector
-                self.nbytes += vector.nbytes
-            while self.nbytes > self.max_bytes and self._entries:
-                _, evicted = self._entries.popitem(last=False)
+            self._store(self._entries, items)
+
+    def get_activations(self, keys: Sequence[bytes | None]) -> list[np.ndarray | None]:
+        """Stored activations for ``keys`` (``None`` where absent or where the key is None)."""
+        found: list[np.ndarray | None] = []
+        with self._lock:
+            for key in keys:
+                activation = self._activations.get(key) if key is not None else None
+                if activation is not None:
+                    self._activations.move_to_end(key)
+                found.append(activation)
+        return found
+
+    def put_activations(self, items: Iterable[tuple[bytes, np.ndarray]]) -> None:
+        """Store activations; within ``max_bytes``, they are evicted before feature vectors."""
+        with self._lock:
+            self._store(self._activations, items)
+
+    def _store(self, entries: OrderedDict, items: Iterable[tuple[bytes, np.ndarray]]) -> None:
+        for key, vector in items:
+            # A private read-only copy: callers can neither change a stored vector
+            # through their array nor see it change.
+            vector = np.array(vector, copy=True)
+            vector.setflags(write=False)
+            old = entries.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.nbytes
+            if vector.nbytes > self.max_bytes:
+                continue
+            entries[key] = vector
+            self.nbytes += vector.nbytes
+        # Activations go first: they only save time for deeper cuts, while a feature vector
+        # is what a later transform returns.
+        for victims in (self._activations, self._entries):
+            while self.nbytes > self.max_bytes and victims:
+                _, evicted = victims.popitem(last=False)
                 self.nbytes -= evicted.nbytes
 
     def clear(self) -> None:
         """Drop every entry and reset the statistics."""
         with self._lock:
             self._entries.clear()
+            self._activations.clear()
             self.nbytes = self.hits = self.misses = 0
 
     def __repr__(self) -> str:
@@ -183,7 +226,11 @@ class DiskFeatureCache:
         Lookup statistics of this process.
     corrupt : int
         Damaged or misplaced entries found (and removed) by this process.
+    keeps_activations : bool
+        False: activations are as large as images, too large to write for every image.
     """
+
+    keeps_activations = False
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory).expanduser()
@@ -263,6 +310,13 @@ class DiskFeatureCache:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+
+    def get_activations(self, keys: Sequence[bytes | None]) -> list[np.ndarray | None]:
+        """None for every key: a directory keeps no activations."""
+        return [None] * len(keys)
+
+    def put_activations(self, items: Iterable[tuple[bytes, np.ndarray]]) -> None:
+        """Nothing: a directory keeps no activations."""
 
     def _warn_unwritable(self, error: OSError) -> None:
         where = str(self.directory)
@@ -390,40 +444,117 @@ def image_keys(images: Any, model_fingerprint: bytes) -> list[bytes | None]:
     None for an image whose content cannot be read: it is computed (the loader names the
     problem) and never stored.
     """
-    return [None if key is None else _digest(model_fingerprint, key)
-            for key in images.content_keys()]
+    return keyed(images.content_keys(), model_fingerprint)
+
+
+def keyed(content_keys: Sequence[bytes | None], fingerprint: bytes) -> list[bytes | None]:
+    """The cache keys of images whose content keys are known, for one fingerprint (of a
+    network, a tap or an activation): hashing the pixels once serves every tap."""
+    return [None if key is None else _digest(fingerprint, key) for key in content_keys]
+
+
+def tap_fingerprint(network: bytes, layer: str, pooling: str | None) -> bytes:
+    """The fingerprint of the features of one layer of a network, pooled one way.
+
+    ``network`` identifies everything but the cut and the pooling (see
+    :func:`fingerprint`); every extractor that reads ``layer`` of that network with that
+    pooling, whatever its ``cut`` says, shares these entries.
+    """
+    return _digest(network, b"\0tap\0", layer.encode(), b"\0", str(pooling).encode())
+
+
+def activation_fingerprint(network: bytes, layer: str) -> bytes:
+    """The fingerprint of the unpooled output of one layer of a network."""
+    return _digest(network, b"\0activation\0", layer.encode())
+
+
+def resume_points(cache: Any, content_keys: Sequence[bytes | None], network: bytes,
+                  boundaries: Sequence[str], limits: Sequence[int]
+                  ) -> tuple[list[int | None], list[np.ndarray | None]]:
+    """Where each image's computation can resume: the deepest block boundary kept.
+
+    Parameters
+    ----------
+    cache : MemoryFeatureCache or DiskFeatureCache
+    content_keys : sequence of bytes or None
+        One per image (:meth:`~transferkit.image_input.ImageCollection.content_keys`).
+    network : bytes
+        The network's fingerprint.
+    boundaries : sequence of str
+        The layers ending the backbone's blocks, shallowest first.
+    limits : sequence of int
+        Per image, how many of the first ``boundaries`` it may resume from.
+
+    Returns
+    -------
+    points : list of int or None
+        Per image, the index in ``boundaries`` of the deepest activation the cache keeps
+        below its limit; None: start from the pixels.
+    activations : list of ndarray or None
+        That activation.
+    """
+    points: list[int | None] = [None] * len(content_keys)
+    activations: list[np.ndarray | None] = [None] * len(content_keys)
+    if not getattr(cache, "keeps_activations", False):
+        return points, activations
+    pending = [i for i, limit in enumerate(limits) if limit > 0]
+    for index in reversed(range(max(limits, default=0))):
+        asking = [i for i in pending if index < limits[i]]
+        if not asking:
+            continue
+        keys = keyed([content_keys[i] for i in asking],
+                     activation_fingerprint(network, boundaries[index]))
+        for i, activation in zip(asking, cache.get_activations(keys), strict=True):
+            if activation is not None:
+                points[i], activations[i] = index, activation
+        pending = [i for i in pending if points[i] is None]
+    return points, activations
 
 
 class ModelMemo:
-    """The few most recently built feature models, by fingerprint.
+    """The built feature models of the few most recently used backbones, by fingerprint.
 
     ``GridSearchCV`` fits a fresh clone of the extractor for every candidate and
     fold; with identical parameters each clone would build (and load weights into)
     the same network again. The memo hands the clone the model already built.
+
+    Entries belong to a group, the backbone they are built on (its weights loaded once):
+    a search over ten cuts and poolings of one backbone keeps ten light networks sharing
+    one backbone. The memo keeps the ``max_models`` most recently used groups whole.
     """
 
     def __init__(self, max_models: int = 4) -> None:
         self.max_models = max_models
         self._models: OrderedDict[bytes, Any] = OrderedDict()
+        self._group_of: dict[bytes, bytes] = {}
+        self._groups: OrderedDict[bytes, set[bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: bytes) -> Any:
         with self._lock:
             entry = self._models.get(key)
             if entry is not None:
-                self._models.move_to_end(key)
+                self._groups.move_to_end(self._group_of[key])
             return entry
 
-    def put(self, key: bytes, entry: Any) -> None:
+    def put(self, key: bytes, entry: Any, group: bytes | None = None) -> None:
+        group = key if group is None else group
         with self._lock:
             self._models[key] = entry
-            self._models.move_to_end(key)
-            while len(self._models) > self.max_models:
-                self._models.popitem(last=False)
+            self._group_of[key] = group
+            self._groups.setdefault(group, set()).add(key)
+            self._groups.move_to_end(group)
+            while len(self._groups) > self.max_models:
+                _, members = self._groups.popitem(last=False)
+                for member in members:
+                    self._models.pop(member, None)
+                    self._group_of.pop(member, None)
 
     def clear(self) -> None:
         with self._lock:
             self._models.clear()
+            self._group_of.clear()
+            self._groups.clear()
 
 
 model_memo = ModelMemo()

@@ -49,6 +49,9 @@ def _ways_out(args: argparse.Namespace) -> dict[str, str]:
         "list_cut_points": f"'transferkit cut-points {backbone}'",
         "cut_by_index": "a layer index as --cut N",
         "cut_given": "--cut {cut!r}",
+        "cuts_given": "--cut {cut!r}",
+        "no_pooling": "--pooling none",
+        "pool_each_cut": "--pooling avg or --pooling max",
         "weights_given": "--weights {weights!r}",
         "choose_weights": "use --weights",
         "random_weights": "--weights none",
@@ -197,7 +200,8 @@ def _crop_fraction(value: str) -> float:
     return number
 
 
-def _add_backbone_options(parser: argparse.ArgumentParser, default: str) -> None:
+def _add_backbone_options(parser: argparse.ArgumentParser, default: str,
+                          several_cuts: bool = False) -> None:
     parser.add_argument("--backbone", default=default,
                         help=f"backbone name, see 'transferkit backbones' (default {default}); "
                              "or a keras-hub preset: hub:NAME or a preset directory")
@@ -208,9 +212,18 @@ def _add_backbone_options(parser: argparse.ArgumentParser, default: str) -> None
                         metavar="imagenet|none|PATH",
                         help="ImageNet weights (Keras cache in $KERAS_HOME/models), random "
                              "weights, or a weights file (default imagenet)")
-    parser.add_argument("--cut", type=_cut, default=None,
-                        help="cut point: a block name (see 'transferkit cut-points NAME'), a "
-                             "layer name or an index; default: the last convolutional output")
+    if several_cuts:
+        parser.add_argument("--cut", type=_cut, action="append", default=None,
+                            help="cut point: a block name (see 'transferkit cut-points NAME'), "
+                                 "a layer name or an index; default: the last convolutional "
+                                 "output. Repeat it (--cut conv3 --cut conv4) for the pooled "
+                                 "features of each, side by side, from one pass; '--cut blocks' "
+                                 "for every block")
+    else:
+        parser.add_argument("--cut", type=_cut, default=None,
+                            help="cut point: a block name (see 'transferkit cut-points NAME'), "
+                                 "a layer name or an index; default: the last convolutional "
+                                 "output")
     parser.add_argument("--input-size", type=_positive_int, default=None, metavar="PIXELS",
                         help="side of the image the network sees (default: the backbone's "
                              "own)")
@@ -266,7 +279,7 @@ def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
                          help="avg or max over the map (a transformer's patch tokens); cls, "
                               "cls+avg: a transformer's class token, alone or with the average")
     extract.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_backbone_options(extract, default="ResNet50")
+    _add_backbone_options(extract, default="ResNet50", several_cuts=True)
 
     train = commands.add_parser(
         "train", help="train a classifier on a folder with one sub-folder per class",
@@ -583,6 +596,15 @@ def _cmd_extract(args: argparse.Namespace) -> None:
                 "writing .parquet needs pandas and pyarrow: pip install "
                 "'transferkit[parquet]', or write .npz instead."
             ) from None
+    if args.cut is not None and len(args.cut) == 1:
+        args.cut = args.cut[0]  # one --cut names its columns as it always did
+    elif args.cut is not None and None in args.cut:
+        raise UsageError("--cut none stands for the last layer alone; with other --cut "
+                         "options, name that layer, or use --cut blocks.")
+    if args.pooling == "none" and (isinstance(args.cut, list) or args.cut == "blocks"):
+        raise UsageError("--pooling none flattens one feature map, and several --cut give "
+                         "maps of different sizes; use --pooling avg or --pooling max, or "
+                         "one --cut.")
     paths = _image_files(args.images, args.command)
     extractor = KerasFeatureExtractor(
         args.backbone, pooling=None if args.pooling == "none" else args.pooling,
@@ -594,7 +616,8 @@ def _cmd_extract(args: argparse.Namespace) -> None:
     except OSError as exc:  # the disk filled up, or the folder changed, while extracting
         raise UsageError(f"cannot write -o {args.output!r}: {_os_reason(exc)}.") from None
     print(f"{len(paths)} images x {features.shape[1]} features "
-          f"({extractor.backbone_name_} cut at {extractor.cut_layer_}) -> {args.output}")
+          f"({extractor.backbone_name_} cut at {', '.join(extractor.cut_layers_)}) -> "
+          f"{args.output}")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:

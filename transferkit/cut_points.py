@@ -31,7 +31,7 @@ from .hub_backbones import HUB_MODULE, hub_block_ends, is_hub_backbone, list_hub
 if TYPE_CHECKING:
     import keras
 
-__all__ = ["list_cut_points", "resolve_cut", "truncate"]
+__all__ = ["articulation_names", "block_layers", "list_cut_points", "resolve_cut", "truncate"]
 
 # keras.applications module -> ((regex, template), ...): a layer whose name
 # matches a regex belongs to the block ``match.expand(template)``; the first
@@ -288,6 +288,34 @@ def _built_cut_points(name: str, module: str, backbone_kwargs: dict[str, Any] | 
     return list(_block_ends(operations, articulation, module))
 
 
+def articulation_names(model: keras.Model) -> set[str]:
+    """Names of the layers a computation can stop at and go on from.
+
+    Every later layer depends on the model's input through such a layer alone (ResNet's
+    and MobileNet's block ends are; a NASNet cell, which also reads the cell before the
+    previous one, is not), so a network that starts from its activation computes the rest.
+    """
+    operations, articulation = _graph(model)
+    return {op.name for op, is_cut in zip(operations, articulation, strict=True) if is_cut}
+
+
+def block_layers(model: keras.Model, module: str | None) -> dict[str, Any]:
+    """The layer ending each block of a backbone of ``module``, shallowest first.
+
+    What :func:`resolve_cut` gives for each block name, from one walk of the graph.
+    Empty for a family without block names (``module=None``: a user's model).
+    """
+    if not module:
+        return {}
+    operations, articulation = _graph(model)
+    if module == HUB_MODULE:
+        # keras-hub's transformer blocks are one layer each, found by the hub module.
+        by_name = {op.name: op for op in operations}
+        return {block: by_name[layer] for block, layer in hub_block_ends(model).items()}
+    return {name: operations[position]
+            for name, position in _block_ends(operations, articulation, module).items()}
+
+
 def resolve_cut(
     model: keras.Model, cut: None | str | int, module: str | None = None
 ) -> keras.layers.Layer:
@@ -389,14 +417,15 @@ def resolve_cut(
 
 
 def truncate(model: keras.Model, layer: Any) -> keras.Model:
-    """Cut a model at a layer, sharing its layers (and weights).
+    """Cut a model at a layer (or at several), sharing its layers (and weights).
 
     Parameters
     ----------
     model : keras.Model
         The model to cut.
-    layer : keras.layers.Layer
-        A layer of ``model``, e.g. from :func:`resolve_cut`.
+    layer : keras.layers.Layer or list of them
+        A layer of ``model``, e.g. from :func:`resolve_cut`; a list gives a model with one
+        output per layer, which runs only the layers the deepest of them needs.
 
     Returns
     -------
@@ -406,4 +435,7 @@ def truncate(model: keras.Model, layer: Any) -> keras.Model:
     """
     import keras
 
+    if isinstance(layer, (list, tuple)):
+        return keras.Model(model.inputs, [one.output for one in layer],
+                           name=f"{model.name}_to_{'_'.join(one.name for one in layer)}")
     return keras.Model(model.inputs, layer.output, name=f"{model.name}_to_{layer.name}")

@@ -15,13 +15,41 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .cache import fingerprint, image_keys, model_memo, resolve_cache, weights_identity
+from .cache import (
+    activation_fingerprint,
+    fingerprint,
+    keyed,
+    model_memo,
+    resolve_cache,
+    resume_points,
+    tap_fingerprint,
+    weights_identity,
+)
 from .console import progress_bar
+from .hub_backbones import HUB_MODULE
 from .image_input import as_image_collection
-from .keras_setup import PRECISIONS, default_batch_size, is_keras_model
-from .network import POOLINGS, build_feature_network, make_forward, run_batches
+from .keras_setup import PRECISIONS, default_batch_size, is_keras_model, keras_precision
+from .network import (
+    POOLINGS,
+    StagedBackbone,
+    build_feature_network,
+    build_trunk,
+    make_forward,
+    run_batches,
+    several_cuts,
+    several_maps_error,
+)
 from .openvino_runtime import check_runtime
-from .parameters import Integer, Options, Real, Satisfies, check_parameters, integer, optional_dict
+from .parameters import (
+    Integer,
+    Options,
+    Real,
+    Satisfies,
+    check_parameters,
+    cut_value,
+    integer,
+    optional_dict,
+)
 from .persistence import SaveMixin, register_estimator
 from .pickling import KerasPicklingMixin, weights_for
 
@@ -61,11 +89,14 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         works too).
     backbone_kwargs : dict, default=None
         Extra arguments for the Keras constructor, e.g. ``{"alpha": 0.25}`` for MobileNet.
-    cut : None, str or int, default=None
+    cut : None, str, int or list, default=None
         Where the backbone is truncated: ``None`` for its last convolutional output, a
         layer name, an index into ``model.layers`` (negative counts from the end), or a
         block name such as ``"block4"`` (VGG) or ``"conv4"`` (ResNet) that resolves to
-        the last layer of that block; see :func:`transferkit.list_cut_points`.
+        the last layer of that block; see :func:`transferkit.list_cut_points`. A list of
+        them (``["conv3", "conv4"]``), or ``"blocks"`` for every block boundary, gives the
+        pooled features of each, concatenated in the order given, from one forward pass
+        of the backbone truncated at the deepest; it needs a pooling other than ``None``.
     pooling : {"avg", "max", "cls", "cls+avg"} or None, default="avg"
         Global pooling over the spatial axes of the cut output; ``None`` flattens it. For
         a vision transformer's tokens, "avg" and "max" pool the patch tokens (neither the
@@ -98,7 +129,12 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         caching, and a directory path keeps the features on disk, shared by every
         process and run that uses it. A cached feature is bit-identical to the one
         that was computed. Random weights without an integer ``random_state`` are
-        never cached (each build differs).
+        never cached (each build differs). Entries are per layer and pooling: for a cut at
+        a block boundary the memory cache also keeps the other pooling, both poolings of
+        the stage ends an image passed through (one boundary in four) and the activation at
+        the last of them, from which a deeper cut resumes; a ``GridSearchCV`` over ``cut``
+        and ``pooling`` thus runs the network about once per image (activations count
+        against the byte budget and go first).
     on_error : {"raise", "nan"}, default="raise"
         What an image that cannot be loaded (a missing, truncated or non-image file) does
         in ``transform``: ``"raise"`` stops at it with an error naming its index and path;
@@ -127,7 +163,9 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
     backbone_name_ : str
         Canonical name of the backbone (``"ResNet50"``), or the user model's name.
     cut_layer_ : str
-        Name of the layer whose output is pooled.
+        Name of the layer whose output is pooled; with several cuts, the deepest.
+    cut_layers_ : list of str
+        Name of the layer of each cut, in the order their features are concatenated.
     input_size_ : tuple of int
         ``(height, width)`` the network sees.
     source_size_ : tuple of int
@@ -164,7 +202,7 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         *,
         weights: str | os.PathLike | None = "imagenet",
         backbone_kwargs: dict | None = None,
-        cut: str | int | None = None,
+        cut: str | int | list | None = None,
         pooling: str | None = "avg",
         input_size: int | tuple[int, int] | None = None,
         crop_fraction: float = 1.0,
@@ -199,6 +237,9 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
             "nor a keras.Model."),
         "backbone_kwargs": Satisfies(optional_dict,
                                      "backbone_kwargs must be a dict or None, got {kind}."),
+        "cut": Satisfies(cut_value, "cut={value} must be None, a block or layer name, an "
+                                    "index, 'blocks', or a list of names and indices; see "
+                                    "transferkit.list_cut_points()."),
         "pooling": Options(POOLINGS, "use 'avg', 'max', 'cls', 'cls+avg' or None (flatten)"),
         "batch_size": Integer(1, none_means="automatic"),
         "crop_fraction": Real(0, 1, "(]", "1.0 keeps the whole image, 0.875 its central 87.5% "
@@ -207,16 +248,27 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         "precision": Options(PRECISIONS),
         "on_error": Options(("raise", "nan"), "use 'raise' or 'nan'"),
     }
-    _keras_attributes = ("model_", "_forward")
+    _keras_attributes = ("model_", "_forward", "_staged")
+    # Set again by every build from the network it builds; not written, so that a file or
+    # pickle of an older transferkit loads the same way.
+    _rebuilt_attributes = ("cut_layers_", "_cut_columns", "_boundaries",
+                           "_network_fingerprint_")
 
     # ------------------------------------------------------------------ building
     def _check_parameters(self) -> None:
         check_parameters(self)
+        if self.pooling is None and several_cuts(self.cut) and (
+                isinstance(self.cut, str) or len(self.cut) > 1):
+            raise several_maps_error(self.cut)
         check_runtime(self.runtime, self.precision)
         resolve_cache(self.cache)
 
-    def _fingerprint(self, weights: Any) -> bytes | None:
-        """Digest of every parameter that determines the output; None if not reproducible."""
+    def _fingerprint(self, weights: Any, network_only: bool = False) -> bytes | None:
+        """Digest of every parameter that determines the output; None if not reproducible.
+
+        ``network_only``: of every parameter but ``cut`` and ``pooling``, the identity of the
+        network the cuts are taken from (the feature cache's keys add layer and pooling).
+        """
         from .backbones import get_backbone_spec, resolve_input_size
         from .hub_backbones import hub_identity, is_hub_backbone
 
@@ -233,13 +285,16 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
             backbone, size = "user_model", self.input_size
         if identity is None:
             return None
-        return fingerprint({
+        network = {
             "backbone": backbone, "weights": identity, "backbone_kwargs": self.backbone_kwargs,
-            "cut": self.cut, "pooling": self.pooling, "input_size": size,
-            "crop_fraction": float(self.crop_fraction), "precision": self.precision,
+            "input_size": size, "crop_fraction": float(self.crop_fraction),
+            "precision": self.precision,
             # Another runtime rounds differently: its features are not bit-identical.
             "runtime": self.runtime,
-        })
+        }
+        if network_only:
+            return fingerprint({"network": network})
+        return fingerprint({**network, "cut": self.cut, "pooling": self.pooling})
 
     def _features_fingerprint(self) -> bytes | None:
         """The cache key's network part for the weights that ``transform`` runs now.
@@ -249,32 +304,47 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         the user trains the model further, every image is computed anew, never a mix of old
         and new features. Every other network is fixed when it is built.
         """
-        if (self._fingerprint_ is None or self.preprocessing_ != "user_model"
-                or self.runtime != "tensorflow"):
-            return self._fingerprint_
+        network = self._network_fingerprint_
+        if network is None or self.preprocessing_ != "user_model" or self.runtime != "tensorflow":
+            return network
         current = weights_identity(None, None, model=self.model_)
-        return fingerprint({"built": self._fingerprint_.hex(), "weights": current})
+        return fingerprint({"built": network.hex(), "weights": current})
 
-    def _build_network(self, weights: Any, hub_preset: dict | None = None
-                       ) -> tuple[Any, Any]:
+    def _build_trunk(self, weights: Any, hub_preset: dict | None = None) -> Any:
+        with keras_precision(self.precision):
+            return build_trunk(self.backbone, weights=weights, input_size=self.input_size,
+                               cut=None, backbone_kwargs=self.backbone_kwargs,
+                               random_state=self.random_state, hub_preset=hub_preset)
+
+    def _build_network(self, weights: Any, trunk: Any = None) -> tuple[Any, Any]:
         """``(model, layout)`` of the feature network these parameters describe."""
         return build_feature_network(
             self.backbone, weights=weights, input_size=self.input_size, cut=self.cut,
             backbone_kwargs=self.backbone_kwargs, random_state=self.random_state,
             crop_fraction=self.crop_fraction, pooling=self.pooling, precision=self.precision,
-            hub_preset=hub_preset,
+            trunk=trunk,
         )
 
-    def _make_forward(self, model: Any, source_size: tuple[int, int]) -> Any:
+    def _make_forward(self, model: Any, source_size: tuple[int, ...]) -> Any:
         # Backbones we built have weights nobody else changes: fold them. A model of the
-        # user's own keeps using its live layers.
+        # user's own keeps using its live layers. Folded and traced at the first batch: in a
+        # grid search most clones find every feature in the cache and never run. Converted
+        # for OpenVINO in fit, though: a network it cannot convert is said there.
         return make_forward(model, source_size, runtime=self.runtime, precision=self.precision,
-                            fold=not is_keras_model(self.backbone))
+                            fold=not is_keras_model(self.backbone),
+                            lazy=self.runtime == "tensorflow")
 
-    def _set_network(self, model: Any, forward: Any, layout: Any) -> None:
+    def _set_network(self, model: Any, forward: Any, layout: Any, staged: Any) -> None:
         self.model_, self._forward = model, forward
+        # The backbone block by block, shared by every extractor of the same network: what
+        # computes the features of cuts at block boundaries (see _uses_stages).
+        self._staged = staged
+        self._boundaries = tuple(layout.boundaries)
         self.backbone_name_ = layout.backbone_name
         self.cut_layer_ = layout.cut_layer
+        self.cut_layers_ = list(layout.cut_layers)
+        # What names the columns of several cuts: plain data, so it pickles and saves.
+        self._cut_columns = (tuple(layout.cut_labels), tuple(layout.cut_widths))
         self.input_size_ = layout.input_size
         self.source_size_ = layout.source_size
         self.preprocessing_ = layout.preprocessing
@@ -286,14 +356,31 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         else:
             vars(self).pop("hub_preset_", None)
 
+    def _staged_backbone(self, model: Any, trunk: Any, layout: Any) -> Any:
+        # keras.applications backbones only: a keras-hub transformer's blocks output
+        # tokens, which the stages' spatial pooling does not take.
+        if trunk.module in (None, HUB_MODULE) or not layout.boundaries:
+            return None
+        return StagedBackbone(model, trunk.full, layout.boundaries, layout.source_size,
+                              fold=True)
+
     def _assemble(self, weights: Any) -> None:
         self._fingerprint_ = self._fingerprint(weights)
+        self._network_fingerprint_ = network = self._fingerprint(weights, network_only=True)
         built = model_memo.get(self._fingerprint_) if self._fingerprint_ is not None else None
         if built is None:
-            model, layout = self._build_network(weights)
-            built = (model, self._make_forward(model, layout.source_size), layout)
+            # Clones cut elsewhere or pooled otherwise share one backbone, built once, and
+            # run it block by block through the same passes.
+            shared = model_memo.get(network) if network is not None else None
+            trunk, staged = shared if shared is not None else (self._build_trunk(weights), None)
+            model, layout = self._build_network(weights, trunk)
+            if staged is None:
+                staged = self._staged_backbone(model, trunk, layout)
+                if network is not None:
+                    model_memo.put(network, (trunk, staged))
+            built = (model, self._make_forward(model, layout.source_size), layout, staged)
             if self._fingerprint_ is not None:
-                model_memo.put(self._fingerprint_, built)
+                model_memo.put(self._fingerprint_, built, group=network)
         self._set_network(*built)
 
     def _rebuild_networks(self, weights: Any) -> None:
@@ -301,10 +388,17 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         # The memo is bypassed: this model's weights are the pickled ones. What the build
         # determines is taken from the build, not from the state, so that the network and
         # the attributes describing it cannot disagree.
-        model, layout = self._build_network(None, getattr(self, "hub_preset_", None))
+        # A keras-hub backbone is rebuilt from the architecture saved with it: its preset
+        # directory may be gone.
+        trunk = self._build_trunk(None, getattr(self, "hub_preset_", None))
+        model, layout = self._build_network(None, trunk)
         model.set_weights(weights_for(weights, model))
         # The folded (or converted) copy holds its own weights: made from the restored ones.
-        self._set_network(model, self._make_forward(model, layout.source_size), layout)
+        self._set_network(model, self._make_forward(model, layout.source_size), layout,
+                          self._staged_backbone(model, trunk, layout))
+        # Features of these weights, pooled elsewhere, are not known to be those of a fresh
+        # build with these parameters: shared with no other extractor.
+        self._network_fingerprint_ = getattr(self, "_fingerprint_", None)
 
     def _ensure_built(self) -> None:
         if not hasattr(self, "model_"):
@@ -354,33 +448,14 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         images = as_image_collection(X)
         # NaN until computed: a row nothing wrote can never pass for features.
         out = np.full((len(images), self.n_features_out_), np.nan, dtype=np.float32)
-        features_key = self._features_fingerprint()
-        cache = resolve_cache(self.cache) if features_key is not None else None
-        if cache is None:
-            failures = self._compute(images, out)
+        network = self._features_fingerprint()
+        cache = resolve_cache(self.cache) if network is not None else None
+        if cache is not None:
+            failures = self._transform_cached(images, out, cache, network)
+        elif self._uses_stages():
+            failures = self._compute_by_stages(images, out)
         else:
-            keys = image_keys(images, features_key)
-            known = [i for i, key in enumerate(keys) if key is not None]
-            missing = [i for i, key in enumerate(keys) if key is None]
-            for i, vector in zip(known, cache.get_many([keys[i] for i in known]), strict=True):
-                if vector is None or vector.shape != (self.n_features_out_,):
-                    missing.append(i)
-                else:
-                    out[i] = vector
-            missing.sort()
-            failures = []
-            if missing:
-                logger.debug("feature cache: %d of %d images to compute", len(missing),
-                             len(images))
-                fresh = np.full((len(missing), self.n_features_out_), np.nan, dtype=np.float32)
-                failures = self._compute(images.take(missing), fresh)
-                out[missing] = fresh
-                failed = {position for position, _ in failures}
-                # Only what the network computed, and only finite values: a NaN or inf in the
-                # cache would reach every later extractor of the same network.
-                cache.put_many((keys[i], row) for i, row in zip(missing, fresh, strict=True)
-                               if keys[i] is not None and i not in failed
-                               and np.isfinite(row).all())
+            failures = self._compute(images, out)
         if failures:
             listing = "; ".join(message for _, message in failures[:20])
             more = f" (and {len(failures) - 20} more)" if len(failures) > 20 else ""
@@ -389,6 +464,151 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
                 f"NaN: {listing}{more}", UserWarning, stacklevel=2,
             )
         return out
+
+    def _columns(self) -> list[tuple[str, slice]]:
+        """Each cut's layer and its columns in a row of features."""
+        widths = self._cut_columns[1]
+        starts = np.cumsum([0, *widths])
+        return [(layer, slice(int(starts[k]), int(starts[k + 1])))
+                for k, layer in enumerate(self.cut_layers_)]
+
+    def _transform_cached(self, images: Any, out: np.ndarray, cache: Any,
+                          network: bytes) -> list[tuple[int, str]]:
+        """Fill ``out`` from the cache, computing what it lacks; return the failures.
+
+        Entries are kept per layer and pooling (:func:`transferkit.cache.tap_fingerprint`),
+        so a row of several cuts is put together from one entry per cut.
+        """
+        content = images.content_keys()
+        columns = self._columns()
+        keys = [keyed(content, tap_fingerprint(network, layer, self.pooling))
+                for layer, _ in columns]
+        complete = np.ones(len(images), dtype=bool)
+        for tap_keys, (_, where) in zip(keys, columns, strict=True):
+            known = [i for i, key in enumerate(tap_keys) if key is not None]
+            complete[[i for i, key in enumerate(tap_keys) if key is None]] = False
+            width = where.stop - where.start
+            for i, vector in zip(known, cache.get_many([tap_keys[i] for i in known]),
+                                 strict=True):
+                if vector is None or vector.shape != (width,):
+                    complete[i] = False
+                else:
+                    out[i, where] = vector
+        missing = np.flatnonzero(~complete).tolist()
+        if not missing:
+            return []
+        logger.debug("feature cache: %d of %d images to compute", len(missing), len(images))
+        fresh = np.full((len(missing), self.n_features_out_), np.nan, dtype=np.float32)
+        subset = images.take(missing)
+        if self._uses_stages():
+            failures = self._compute_by_stages(subset, fresh, cache, network,
+                                               [content[i] for i in missing])
+        else:
+            failures = self._compute(subset, fresh)
+            failed = {position for position, _ in failures}
+            # Only what the network computed, and only finite values: a NaN or inf in the
+            # cache would reach every later extractor of the same network.
+            for tap_keys, (_, where) in zip(keys, columns, strict=True):
+                cache.put_many((tap_keys[i], row[where])
+                               for i, row in zip(missing, fresh, strict=True)
+                               if tap_keys[i] is not None and i not in failed
+                               and np.isfinite(row[where]).all())
+        out[missing] = fresh
+        return failures
+
+    def _uses_stages(self) -> bool:
+        """Whether features come from the backbone run block by block.
+
+        For cuts at block boundaries of a named backbone, pooled by average or maximum,
+        computed in float32 by TensorFlow: the memory cache can then keep both poolings and
+        the activations of the resume points an image passes through, and resume from
+        one, with features bit-identical to those computed from the pixels (see
+        :class:`transferkit.network.StagedBackbone`).
+        """
+        return (self._staged is not None and self.pooling in ("avg", "max")
+                and self.precision == "float32" and self.runtime == "tensorflow"
+                and all(layer in self._boundaries for layer in self.cut_layers_))
+
+    def _compute_by_stages(self, images: Any, out: np.ndarray, cache: Any = None,
+                           network: bytes | None = None, content: list | None = None
+                           ) -> list[tuple[int, str]]:
+        """Compute ``images`` into ``out`` in the backbone's stages; return the failures.
+
+        With a memory cache, each image goes from the deepest resume point whose
+        activation the cache keeps (else from its pixels) to the deepest cut, and the cache
+        gets the average and the maximum of the cuts and of every resume point on the way,
+        and the activation at the last resume point crossed. A search over cuts thus runs the
+        network about once per image, to its deepest cut. With a directory, only the
+        features asked for are stored.
+        """
+        boundaries, staged = self._boundaries, self._staged
+        depth = {layer: boundaries.index(layer) for layer in self.cut_layers_}
+        deepest = max(depth.values())
+        shares = cache is not None and cache.keeps_activations
+        points: list[int | None] = [None] * len(images)
+        activations: list[Any] = [None] * len(images)
+        if shares:
+            # Resume only below every cut this extractor reads: their features come from
+            # the passes that are run.
+            kept = [i for i in staged.resume_points if i < min(depth.values())]
+            found, activations = resume_points(cache, content, network,
+                                               [boundaries[i] for i in kept],
+                                               [len(kept)] * len(images))
+            points = [None if point is None else kept[point] for point in found]
+        own = {(layer, self.pooling) for layer in self.cut_layers_}
+        failures: list[tuple[int, str]] = []
+        for start in sorted(set(points), key=lambda point: -1 if point is None else point):
+            rows = [i for i, point in enumerate(points) if point == start]
+            kept_at = staged.kept_point(start, deepest) if shares else None
+            inputs = (images.take(rows) if start is None
+                      else np.stack([activations[i] for i in rows]))
+            progbar = (progress_bar(len(inputs), unit_name="image")
+                       if self.verbose and start is None else None)
+            first = 0 if start is None else start + 1
+            # Both poolings of the cuts, and in memory of the resume points crossed: where
+            # the next cuts of a search find them.
+            tapped = sorted({index for index in depth.values() if index >= first}
+                            | ({index for index in staged.resume_points
+                                if first <= index <= deepest} if shares else set()))
+            forward = staged.forward(start, deepest, tapped, keep=kept_at is not None)
+            (outputs,) = run_batches([forward], inputs, self.source_size_,
+                                     self.batch_size or default_batch_size(),
+                                     on_error=self.on_error, progress=progbar)
+            order = [(boundaries[index], pooling) for index in tapped
+                     for pooling in ("avg", "max")]
+            failed: set[int] = set()
+            if start is None and inputs.failures:
+                failures.extend(inputs.failures)
+                row_of = {inputs.position(j): j for j in range(len(inputs))}
+                failed = {row_of[position] for position, _ in inputs.failures}
+            pooled = dict(zip(order, outputs, strict=False))
+            if cache is not None:
+                # A directory gets only what was asked for: some 40 files per image else.
+                stored = order if shares else [tap for tap in order if tap in own]
+                self._store(cache, network, [content[i] for i in rows], stored,
+                            [pooled[tap] for tap in stored],
+                            (boundaries[kept_at], outputs[len(order)])
+                            if kept_at is not None else None, failed)
+            for layer, where in self._columns():
+                values = pooled[(layer, self.pooling)]
+                values[sorted(failed)] = np.nan
+                out[rows, where] = values
+        return sorted(failures)
+
+    @staticmethod
+    def _store(cache: Any, network: bytes, content: list, taps: list, values: list,
+               kept: tuple[str, np.ndarray] | None, failed: set[int]) -> None:
+        """Give the cache what a pass computed: only finite values of images it read (a
+        NaN in the cache would reach every later extractor of the same network)."""
+        usable = [j for j, key in enumerate(content) if key is not None and j not in failed]
+        for (layer, pooling), rows in zip(taps, values, strict=True):
+            tap_keys = keyed(content, tap_fingerprint(network, layer, pooling))
+            cache.put_many((tap_keys[j], rows[j]) for j in usable if np.isfinite(rows[j]).all())
+        if kept is not None:
+            layer, rows = kept
+            activation_keys = keyed(content, activation_fingerprint(network, layer))
+            cache.put_activations((activation_keys[j], rows[j]) for j in usable
+                                  if np.isfinite(rows[j]).all())
 
     def _compute(self, images: Any, out: np.ndarray) -> list[tuple[int, str]]:
         """Run the network over ``images`` into ``out``; return (position, reason) failures.
@@ -407,6 +627,9 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Names of the output features: ``<backbone>_<cut layer>_<index>``.
 
+        With several cuts, ``<cut>_<pooling>_<index>`` (``conv4_avg_17``), where a cut is
+        named as it was given (a block or layer name; the layer's name for an index).
+
         Parameters
         ----------
         input_features : ignored
@@ -417,6 +640,11 @@ class KerasFeatureExtractor(SaveMixin, KerasPicklingMixin, TransformerMixin, Bas
         ndarray of str
         """
         self._ensure_built()
+        if several_cuts(self.cut):
+            labels, widths = self._cut_columns
+            return np.asarray([f"{label}_{self.pooling}_{i}"
+                               for label, width in zip(labels, widths, strict=True)
+                               for i in range(width)], dtype=object)
         prefix = f"{self.backbone_name_.lower()}_{self.cut_layer_}"
         return np.asarray([f"{prefix}_{i}" for i in range(self.n_features_out_)], dtype=object)
 

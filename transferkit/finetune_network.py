@@ -204,7 +204,7 @@ def build_finetune_network(
     trainable_net = keras.Model(activations, head(pooled_net(activations)), name="tuned")
     layout = NetworkLayout(trunk.name, cut_layer.name, size,
                            source_size(size, min(framings(crop_fraction))),
-                           trunk.preprocessing, n_classes, trunk.hub_preset)
+                           trunk.preprocessing, n_classes, hub_preset=trunk.hub_preset)
     framing = framings(crop_fraction)[0] if framing is None else framing
     return FineTuneNetwork(**_pixel_networks(prefix, trainable_net, layout, framing,
                                              augmentations, seeds["augment"]),

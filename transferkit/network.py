@@ -26,18 +26,23 @@ training (:mod:`transferkit.training`). Keras-wide settings (seeds, dtype policy
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .advice import advised
 from .image_input import ImageCollection
 from .keras_setup import ForwardPass, is_keras_model, keras_precision, seeded_keras_init
 from .openvino_runtime import check_runtime, make_openvino_forward
 
-__all__ = ["NetworkLayout", "Trunk", "build_feature_network", "build_trunk", "make_forward",
-           "pool", "run_batches", "trunk_of"]
+__all__ = ["NetworkLayout", "StagedBackbone", "Trunk", "build_feature_network",
+           "build_tap_network",
+           "build_trunk", "deepest",
+           "make_forward", "pool", "resolve_cuts", "run_batches", "several_cuts",
+           "several_maps_error", "trunk_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +75,18 @@ class NetworkLayout:
         ``"user_model"``.
     n_features : int
         Width of the network's output per image.
+    cut_layers : tuple of str
+        With several cuts, the layer of each, in the order their features are
+        concatenated (``cut_layer`` is the deepest); with one, ``(cut_layer,)``.
+    cut_labels : tuple of str
+        What each cut is called in feature names: the block or layer name as it was given,
+        the layer's name for an index.
+    cut_widths : tuple of int
+        Width of each cut's pooled features; they add up to ``n_features``.
+    boundaries : tuple of str
+        The layers ending the backbone's blocks, shallowest first, all of them (empty for a
+        user's model): where the feature cache shares pooled features between cuts, and
+        where a deeper cut resumes (:func:`build_tap_network`).
     hub_preset : dict or None
         For a keras-hub backbone, what builds it again without its preset
         (``transferkit.hub_backbones.HubBackbone.architecture``); None otherwise.
@@ -81,6 +98,10 @@ class NetworkLayout:
     source_size: tuple[int, int]
     preprocessing: str
     n_features: int
+    cut_layers: tuple[str, ...] = ()
+    cut_labels: tuple[str, ...] = ()
+    cut_widths: tuple[int, ...] = ()
+    boundaries: tuple[str, ...] = ()
     hub_preset: dict | None = None
 
 
@@ -106,6 +127,15 @@ class Trunk:
     registers); None for a spatial map."""
     hub_preset: dict | None = None
     """For a keras-hub backbone, what builds it again without its preset."""
+    blocks: dict[str, Any] | None = None  # block name -> the layer ending it, once asked
+
+    def block_layers(self) -> dict[str, Any]:
+        """The layer ending each block, shallowest first (read once per backbone)."""
+        if self.blocks is None:
+            from .cut_points import block_layers
+
+            self.blocks = block_layers(self.full, self.module)
+        return self.blocks
 
 
 # ---------------------------------------------------------------------- building
@@ -186,12 +216,76 @@ def build_trunk(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
                  "user_model")
 
 
-def pool(x: Any, pooling: str | None, prefix_tokens: int | None = None) -> Any:
+def several_cuts(cut: Any) -> bool:
+    """Whether ``cut`` asks for several layers: a list or tuple, or ``"blocks"``."""
+    return isinstance(cut, (list, tuple)) or (isinstance(cut, str) and cut == "blocks")
+
+
+def resolve_cuts(trunk: Trunk, cut: Any, backbone_kwargs: dict | None = None
+                 ) -> tuple[list[Any], list[str]]:
+    """The layers of a list of cuts (or of ``"blocks"``: every block boundary), with labels.
+
+    Parameters
+    ----------
+    trunk : Trunk
+        The backbone, built whole.
+    cut : list, tuple or "blocks"
+        Names and indices, as :func:`transferkit.cut_points.resolve_cut` takes each.
+    backbone_kwargs : dict or None
+        Constructor arguments of a named backbone (they change its blocks).
+
+    Returns
+    -------
+    layers : list
+        One per cut, in the order given.
+    labels : list of str
+        What each is called in feature names: a name as given, the layer's name for an
+        index.
+
+    Raises
+    ------
+    ValueError
+        When the list is empty or two cuts end at the same layer.
+    """
+    from .cut_points import list_cut_points, resolve_cut
+    from .hub_backbones import HUB_MODULE
+
+    if isinstance(cut, str) and trunk.module == HUB_MODULE:
+        cut = list(trunk.block_layers())  # a preset's blocks: its name is no table entry
+    elif isinstance(cut, str):
+        source = trunk.name if trunk.module is not None else trunk.full
+        cut = list_cut_points(source, backbone_kwargs)
+    cuts = list(cut)
+    if not cuts:
+        raise advised(ValueError, "{cuts_given} names no layer; list one or more of "
+                      "{list_cut_points}, or pass a single cut.", cut=cut)
+    layers = [resolve_cut(trunk.full, one, trunk.module) for one in cuts]
+    labels = [one if isinstance(one, str) else layer.name
+              for one, layer in zip(cuts, layers, strict=True)]
+    seen: dict[int, Any] = {}
+    for one, layer in zip(cuts, layers, strict=True):
+        if id(layer) in seen:
+            raise advised(ValueError, "{cuts_given} names layer {layer!r} twice ({first!r} "
+                          "and {second!r}); list each cut once.", cut=cut, layer=layer.name,
+                          first=seen[id(layer)], second=one)
+        seen[id(layer)] = one
+    return layers, labels
+
+
+def deepest(model: Any, layers: Sequence[Any]) -> Any:
+    """The layer of ``layers`` that comes last in ``model``'s order of operations."""
+    order = {id(op): i for i, op in enumerate(model.operations)}
+    return max(layers, key=lambda layer: order[id(layer)])
+
+
+def pool(x: Any, pooling: str | None, prefix_tokens: int | None = None,
+         suffix: str = "") -> Any:
     """Global average or max pooling of a spatial map or of a transformer's patch tokens;
     the class token ("cls", "cls+avg"); anything else is flattened.
 
     ``prefix_tokens`` is the number of tokens before the patch tokens (class token and
-    registers), None for a spatial map.
+    registers), None for a spatial map. ``suffix`` tells the layers of several pooled maps
+    apart.
     """
     import keras
 
@@ -217,23 +311,27 @@ def pool(x: Any, pooling: str | None, prefix_tokens: int | None = None) -> Any:
             f"a spatial map of shape {tuple(x.shape[1:])}. Use pooling='avg' or 'max'."
         )
     if len(x.shape) == 4 and pooling == "avg":
-        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        return keras.layers.GlobalAveragePooling2D(name=f"avg_pool{suffix}")(x)
     if len(x.shape) == 4 and pooling == "max":
-        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+        return keras.layers.GlobalMaxPooling2D(name=f"max_pool{suffix}")(x)
     if len(x.shape) != 2:
-        return keras.layers.Flatten(name="flatten")(x)
+        return keras.layers.Flatten(name=f"flatten{suffix}")(x)
     return x
 
 
 def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: Any,
                           backbone_kwargs: dict | None, random_state: Any,
                           crop_fraction: float, pooling: str | None,
-                          precision: str, hub_preset: dict | None = None
-                          ) -> tuple[Any, NetworkLayout]:
+                          precision: str, trunk: Trunk | None = None,
+                          hub_preset: dict | None = None) -> tuple[Any, NetworkLayout]:
     """Pixels at the source size -> central crop -> preprocessing -> trunk -> pooling.
 
     Parameters are those of :class:`transferkit.KerasFeatureExtractor`, and ``hub_preset``
-    that of :func:`build_trunk`.
+    that of :func:`build_trunk`. With several cuts (a list, or ``"blocks"``), the trunk is
+    truncated at the deepest and the pooled features of every cut are concatenated, in the
+    order given: one forward pass for all. ``trunk``, from :func:`build_trunk` with the
+    same parameters, is used instead of building the backbone again: networks cut at
+    different places share its layers and weights.
 
     Returns
     -------
@@ -245,12 +343,22 @@ def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: 
     import keras
 
     from .augmentation import CentralCrop, source_size
-    from .cut_points import truncate
+    from .cut_points import resolve_cut, truncate
 
+    several = several_cuts(cut)
     with keras_precision(precision):
-        trunk = build_trunk(backbone, weights=weights, input_size=input_size, cut=cut,
-                            backbone_kwargs=backbone_kwargs, random_state=random_state,
-                            hub_preset=hub_preset)
+        if trunk is None:
+            trunk = build_trunk(backbone, weights=weights, input_size=input_size, cut=None,
+                                backbone_kwargs=backbone_kwargs, random_state=random_state,
+                                hub_preset=hub_preset)
+        if several:
+            layers, labels = resolve_cuts(trunk, cut, backbone_kwargs)
+            if pooling is None and len(layers) > 1:
+                raise several_maps_error(cut)
+        else:
+            layers = [resolve_cut(trunk.full, cut, trunk.module)]
+            labels = [layers[0].name]
+        cut_layer = deepest(trunk.full, layers)
         size = trunk.input_size
         source = source_size(size, crop_fraction)
         pixels = keras.Input((source[0], source[1], 3), dtype="float32", name="pixels")
@@ -259,15 +367,192 @@ def build_feature_network(backbone: Any, *, weights: Any, input_size: Any, cut: 
             # float32 whatever the policy: a bfloat16 crop would round the pixel values.
             x = CentralCrop(size[0], size[1], dtype="float32", name="central_crop")(x)
         x = trunk.preprocess(x) if trunk.preprocess is not None else x
-        x = pool(truncate(trunk.full, trunk.cut_layer)(x), pooling, trunk.prefix_tokens)
+        if several:
+            # One truncated trunk with an output per cut: every layer runs once.
+            maps = truncate(trunk.full, layers)(x)
+            pooled = [pool(m, pooling, trunk.prefix_tokens, suffix=f"_{k}")
+                      for k, m in enumerate(maps)]
+            widths = [int(p.shape[-1]) for p in pooled]
+            x = (keras.layers.Concatenate(name="cuts")(pooled) if len(pooled) > 1
+                 else pooled[0])
+        else:
+            x = pool(truncate(trunk.full, cut_layer)(x), pooling, trunk.prefix_tokens)
+            widths = [int(x.shape[-1])]
         # Features leave the model as float32 whatever the compute precision.
         x = keras.layers.Activation("linear", dtype="float32", name="features")(x)
     model = keras.Model(pixels, x, name=f"{trunk.name}_features")
-    layout = NetworkLayout(trunk.name, trunk.cut_layer.name, size, source, trunk.preprocessing,
-                           int(x.shape[-1]), trunk.hub_preset)
+    layout = NetworkLayout(trunk.name, cut_layer.name, size, source, trunk.preprocessing,
+                           int(x.shape[-1]), tuple(layer.name for layer in layers),
+                           tuple(labels), tuple(widths),
+                           tuple(layer.name for layer in trunk.block_layers().values()),
+                           trunk.hub_preset)
     logger.debug("built %s cut at %s: input %s, %d features", layout.backbone_name,
                  layout.cut_layer, size, layout.n_features)
     return model, layout
+
+
+def build_tap_network(model: Any, taps: Sequence[tuple[str, str | None]], *,
+                      start: str | None = None, keep: str | None = None,
+                      backbone: Any = None) -> Any:
+    """A network of the layers of a feature network that gives several pooled outputs.
+
+    The same layers (and weights) as ``model``, from the pixels or from the activation of
+    one of its layers, to the pooled output of several ("taps"), and the activation of one
+    layer kept whole, so that the work can go on from there later.
+
+    Parameters
+    ----------
+    model : keras.Model
+        From :func:`build_feature_network`.
+    taps : sequence of (str, str)
+        ``(layer name, pooling)``: the outputs, in this order.
+    start : str, default=None
+        A layer of the trunk whose activation the network takes instead of the pixels.
+    keep : str, default=None
+        A layer whose activation is the last output.
+    backbone : keras.Model, default=None
+        Where the layers are found: the whole backbone ``model``'s trunk was cut from (its
+        layers beyond the cut too); by default that trunk.
+
+    Returns
+    -------
+    keras.Model
+        One output per tap, then the kept activation, all float32.
+    """
+    import keras
+
+    trunk = trunk_of(model)
+    by_name = {op.name: op for op in (backbone or trunk).operations}
+    names = list(dict.fromkeys([layer for layer, _ in taps] + ([keep] if keep else [])))
+    ends = [by_name[name].output for name in names]
+    if start is None:
+        inputs = model.inputs
+        # The trunk's input inside the feature network: the cropped, preprocessed pixels.
+        x = trunk._inbound_nodes[0].input_tensors[0]
+        maps = keras.Model(trunk.inputs, ends, name=f"{trunk.name}_taps")(x)
+    else:
+        first = by_name[start].output
+        inputs = keras.Input(tuple(first.shape[1:]), dtype="float32", name="activation")
+        maps = keras.Model(first, ends, name=f"{trunk.name}_from_{start}")(inputs)
+    maps = maps if isinstance(maps, (list, tuple)) else [maps]
+    by_layer = dict(zip(names, maps, strict=True))
+    outputs = [pool(by_layer[layer], pooling, suffix=f"_{k}")
+               for k, (layer, pooling) in enumerate(taps)]
+    if keep:
+        outputs.append(by_layer[keep])
+    return keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0],
+                       name=f"{model.name}_taps")
+
+
+class StagedBackbone:
+    """A backbone run in a few fixed stages, the same way whatever the cut.
+
+    Every computation starts from the pixels or from the activation at a *resume point*
+    (every ``step``-th block boundary) and crosses each resume point as the end of one pass
+    and the start of the next, so a cut's features come out of the same passes whether an
+    image starts from its pixels or resumes from an activation the feature cache kept:
+    bit-identical, which one network per cut cannot promise (a kernel's choice, and its
+    rounding, depends on whether its input is the graph's input). Each pass also gives the
+    average and the maximum of the block boundaries it is asked for. Passes are folded and
+    traced once, for every extractor of the network.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A network of :func:`build_feature_network`: where the pixels are cropped and
+        preprocessed.
+    backbone : keras.Model
+        The whole backbone ``model``'s trunk was cut from.
+    boundaries : sequence of str
+        The layers ending its blocks, shallowest first.
+    source_size : (int, int)
+        (height, width) of the images.
+    fold : bool
+        Fold BatchNormalization into the convolutions (see :func:`make_forward`).
+    step : int, default=4
+        Block boundaries per stage: fewer passes per batch with more, fewer places to
+        resume from.
+    """
+
+    def __init__(self, model: Any, backbone: Any, boundaries: Sequence[str],
+                 source_size: tuple[int, int], fold: bool, step: int = 4) -> None:
+        self.model, self.backbone = model, backbone
+        self.boundaries = tuple(boundaries)
+        self.source_size, self.fold = tuple(source_size), fold
+        # A pass can start only where everything after depends on that activation alone
+        # (not at a NASNet cell, which also reads the cell before): every step-th such
+        # boundary, the last one excluded (nothing is left to resume there).
+        from .cut_points import articulation_names
+
+        resumable = articulation_names(backbone)
+        candidates = [i for i, name in enumerate(self.boundaries[:-1]) if name in resumable]
+        self.resume_points = tuple(candidates[step - 1::step])
+        self._passes: dict[tuple, Callable[[Any], Any]] = {}
+        self._lock = threading.Lock()
+
+    def _pass(self, start: int | None, end: int, activation: bool,
+              tapped: tuple[int, ...]) -> Callable[[Any], Any]:
+        key = (start, end, activation, tapped)
+        with self._lock:
+            if key not in self._passes:
+                taps = [(self.boundaries[index], pooling) for index in tapped
+                        for pooling in ("avg", "max")]
+                network = build_tap_network(
+                    self.model, taps, backbone=self.backbone,
+                    start=None if start is None else self.boundaries[start],
+                    keep=self.boundaries[end] if activation else None)
+                shape = (self.source_size if start is None
+                         else tuple(int(d) for d in network.inputs[0].shape[1:]))
+                self._passes[key] = make_forward(network, shape, fold=self.fold, tensors=True)
+            return self._passes[key]
+
+    def kept_point(self, start: int | None, last: int) -> int | None:
+        """The deepest resume point a computation from ``start`` to ``last`` crosses."""
+        crossed = [p for p in self.resume_points if (start is None or p > start) and p <= last]
+        return crossed[-1] if crossed else None
+
+    def forward(self, start: int | None, last: int, tapped: Sequence[int],
+                keep: bool = False) -> Pass:
+        """A pass from the pixels (``start=None``) or a resume point's activation to ``last``.
+
+        It gives the average and the maximum of each boundary of ``tapped`` (indices after
+        ``start``, up to ``last``), shallowest first, then, if ``keep``, the activation at
+        :meth:`kept_point` (None when there is none). Pooling every boundary crossed would
+        cost a third more than the pass itself (each pooled map leaves the fused kernels'
+        memory layout); the feature cache asks for its resume points and the cuts.
+        """
+        import keras
+
+        stops = [p for p in self.resume_points
+                 if (start is None or p > start) and p < last] + [last]
+        kept_at = self.kept_point(start, last)
+
+        def run(batch: Any) -> list[Any]:
+            outputs: list[Any] = []
+            x, begin, kept = batch, start, None
+            for stop in stops:
+                activation = stop != last or (keep and stop == kept_at)
+                inside = tuple(sorted(i for i in set(tapped)
+                                      if (begin is None or i > begin) and i <= stop))
+                results = self._pass(begin, stop, activation, inside)(x)
+                results = list(results) if isinstance(results, (list, tuple)) else [results]
+                if activation:
+                    x = kept = results.pop()
+                outputs.extend(keras.ops.convert_to_numpy(t) for t in results)
+                begin = stop
+            if keep:
+                outputs.append(None if kept is None else keras.ops.convert_to_numpy(kept))
+            return outputs
+
+        return run
+
+
+def several_maps_error(cut: Any) -> ValueError:
+    """The error of several cuts with ``pooling=None``: their maps differ in size."""
+    return advised(
+        ValueError,
+        "{cuts_given} gives several feature maps, of different sizes, which {no_pooling} "
+        "cannot flatten into one row; pass {pool_each_cut}, or a single cut.", cut=cut)
 
 
 def trunk_of(model: Any) -> Any:
@@ -284,9 +569,29 @@ def trunk_of(model: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- running
-def make_forward(network: Any, size: tuple[int, int] | None = None, *,
+class LazyPass:
+    """A forward pass made the first time it runs.
+
+    A grid search builds a network for every candidate, and with the feature cache most of
+    them never run: folding and tracing wait until a batch comes.
+    """
+
+    def __init__(self, make: Callable[[], Pass]) -> None:
+        self._make = make
+        self._pass: Pass | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> Any:
+        if self._pass is None:
+            with self._lock:
+                if self._pass is None:
+                    self._pass = self._make()
+        return self._pass(batch)
+
+
+def make_forward(network: Any, size: tuple[int, ...] | None = None, *,
                  runtime: str = "tensorflow", precision: str = "float32",
-                 fold: bool = False) -> Pass:
+                 fold: bool = False, lazy: bool = False, tensors: bool = False) -> Pass:
     """The one way transferkit runs a network on batches: ``float32 batch -> ndarray``.
 
     Skips ``Model.predict``'s per-call overhead: the network is traced once by
@@ -297,8 +602,9 @@ def make_forward(network: Any, size: tuple[int, int] | None = None, *,
     network : keras.Model or callable
         A model, run with ``training=False``; or a callable of tensors (such as a pass
         that draws augmented views), traced as it is.
-    size : (int, int), default=None
-        (height, width) of the images; None for inputs of any shape (activations).
+    size : (int, int) or (int, int, int), default=None
+        (height, width) of the images, or the (height, width, channels) of activations;
+        None for inputs of any shape.
     runtime : {"tensorflow", "openvino"}, default="tensorflow"
         OpenVINO compiles the model's current weights (``size`` needed, float32 only).
     precision : {"float32", "bfloat16"}, default="float32"
@@ -307,12 +613,21 @@ def make_forward(network: Any, size: tuple[int, int] | None = None, *,
         Run an inference copy with every BatchNormalization folded into the convolution
         before it (see :mod:`transferkit.batchnorm_folding`): only for a model whose weights
         no one changes afterwards.
+    lazy : bool, default=False
+        Convert, fold and trace at the first call (:class:`LazyPass`), not now.
+    tensors : bool, default=False
+        Give the backend's tensors, not ndarrays: for a pass whose output goes on to the
+        next pass (:class:`StagedBackbone`), never copied to the host in between.
 
     Returns
     -------
     callable
+        Gives an ndarray, or a list of them for a network with several outputs.
     """
     check_runtime(runtime, precision)
+    if lazy:
+        return LazyPass(lambda: make_forward(network, size, runtime=runtime,
+                                             precision=precision, fold=fold, tensors=tensors))
     if runtime == "openvino":
         if size is None or not is_keras_model(network):
             raise ValueError("runtime='openvino' runs a keras.Model on images of a known size.")
@@ -326,13 +641,20 @@ def make_forward(network: Any, size: tuple[int, int] | None = None, *,
         logger.debug("folded %d BatchNormalization layers for inference", n_folded)
     call = ForwardPass(network) if is_keras_model(network) else network
     if keras.backend.backend() != "tensorflow":
-        return lambda batch: keras.ops.convert_to_numpy(call(batch))
+        return call if tensors else lambda batch: keras.ops.convert_to_numpy(call(batch))
     import tensorflow as tf
 
-    signature = None if size is None else [tf.TensorSpec((None, size[0], size[1], 3),
-                                                         tf.float32)]
+    shape = None if size is None else (*size, 3) if len(size) == 2 else tuple(size)
+    signature = None if shape is None else [tf.TensorSpec((None, *shape), tf.float32)]
     compiled = tf.function(call, input_signature=signature, reduce_retracing=True)
-    return lambda batch: compiled(tf.convert_to_tensor(batch, tf.float32)).numpy()
+    if tensors:
+        return compiled
+
+    def forward(batch: np.ndarray) -> Any:
+        out = compiled(tf.convert_to_tensor(batch, tf.float32))
+        return [t.numpy() for t in out] if isinstance(out, (list, tuple)) else out.numpy()
+
+    return forward
 
 
 def run_batches(passes: Sequence[Pass], inputs: Any, size: tuple[int, int], batch_size: int,
@@ -365,7 +687,7 @@ def run_batches(passes: Sequence[Pass], inputs: Any, size: tuple[int, int], batc
     Returns
     -------
     list of ndarray
-        One per pass, one row per input.
+        One per pass, one row per input; for a pass with several outputs, a list of them.
     """
     if isinstance(inputs, ImageCollection):
         batches = inputs.batches(size, batch_size, on_error=on_error)
@@ -384,4 +706,12 @@ def run_batches(passes: Sequence[Pass], inputs: Any, size: tuple[int, int], batc
             progress.update(start + len(batch))
     if into is not None:
         return list(into)
-    return [np.concatenate(rows) if rows else np.empty((0,), np.float32) for rows in parts]
+    return [_joined(rows) for rows in parts]
+
+
+def _joined(rows: list[Any]) -> Any:
+    if not rows:
+        return np.empty((0,), np.float32)
+    if isinstance(rows[0], list):  # a network with several outputs
+        return [np.concatenate(column) for column in zip(*rows, strict=True)]
+    return np.concatenate(rows)

@@ -126,6 +126,18 @@ def optional_dict(value: Any) -> bool:
     return value is None or isinstance(value, dict)
 
 
+def cut_value(value: Any) -> bool:
+    """For :class:`Satisfies`: a cut (None, a name, an integer index) or a non-empty list or
+    tuple of names and indices; ``"blocks"`` is a name."""
+    def one(item: Any) -> bool:
+        return isinstance(item, str) or (isinstance(item, numbers.Integral)
+                                         and not isinstance(item, bool))
+
+    if isinstance(value, (list, tuple)):
+        return len(value) > 0 and all(one(item) for item in value)
+    return value is None or one(value)
+
+
 def integer(value: Any) -> bool:
     """For :class:`Satisfies`: an integer of any kind (bools included, as Python has it)."""
     return isinstance(value, numbers.Integral)

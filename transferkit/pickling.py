@@ -103,15 +103,19 @@ class KerasPicklingMixin:
     A class using it lists its Keras-holding attributes in ``_keras_attributes`` (those
     not in the pickle) and implements ``_rebuild_networks(weights)``: build every network
     from the parameters and fitted attributes, with no weights fetched, set ``weights``
-    (through :func:`weights_for`) into ``model_``, and make its forward pass.
+    (through :func:`weights_for`) into ``model_``, and make its forward pass. Attributes
+    that ``_rebuild_networks`` sets again from what it builds, listed in
+    ``_rebuilt_attributes``, are not carried either (nor written by
+    :func:`transferkit.save`), so adding one changes no file format.
     """
 
     _keras_attributes: tuple[str, ...] = ("model_",)
+    _rebuilt_attributes: tuple[str, ...] = ()
 
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())
         model = state.get("model_")
-        for key in self._keras_attributes:
+        for key in (*self._keras_attributes, *self._rebuilt_attributes):
             state.pop(key, None)
         if model is not None:
             # Weights travel with the pickle, so a loaded estimator needs no network access
