@@ -138,3 +138,35 @@ def test_transfer_suite_runs_the_four_methods_on_a_folder_of_classes(tmp_path):
     assert set(report["summary"]["targets_met"]) == {
         "hand_probe_plus_0.02", "hand_recipe_plus_0.05", "time_at_most_15x_probe",
         "finetune_epoch_kept_every_seed"}
+
+
+def test_transfer_suite_runs_the_methods_asked_with_the_variant_asked(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for label, low in (("dark", 0), ("bright", 150)):
+        (tmp_path / label).mkdir()
+        for i in range(6):
+            pixels = rng.integers(low, low + 100, size=(40, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / label / f"{i}.png")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "transfer_suite.py"), str(tmp_path),
+         "--quick", "--methods", "fine_tuned", "hand_probe",
+         "--finetune-params", '{"head_views": 0}'],
+        capture_output=True, text=True, timeout=1200,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    # In the suite's order, whatever order they were asked in.
+    assert report["methods"] == ["hand_probe", "fine_tuned"]
+    assert report["finetune_params"] == {"head_views": 0}
+    (run,) = report["runs"]
+    assert "hand_recipe" not in run and "transferkit_probe" not in run
+    # head_views=0: the head learned from the central crops alone.
+    assert run["fine_tuned"]["head_rows_per_image"] == 1
+    summary = report["summary"]
+    assert set(summary["mean_accuracy"]) == {"hand_probe", "fine_tuned"}
+    # Only the targets the methods run allow are judged.
+    assert set(summary["targets_met"]) == {"hand_probe_plus_0.02",
+                                           "finetune_epoch_kept_every_seed"}

@@ -240,6 +240,57 @@ def test_training_step_updates_weights_as_keras_adam_apply_gradients_does():
     assert not np.allclose(ours.weights[0].numpy(), model_and_adam()[0].weights[0].numpy())
 
 
+def test_training_step_smooths_labels_as_keras_crossentropy_does():
+    import keras
+    import tensorflow as tf
+
+    from transferkit.training import TrainingStep
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    adam = keras.optimizers.Adam(0.0)  # the loss only
+    adam.build(model.trainable_variables)
+    step = tf.function(TrainingStep(model, model.trainable_variables, adam,
+                                    label_smoothing=0.2))
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    target = np.array([0, 1, 2, 1, 0])
+    loss, _ = step(x, tf.constant(target, tf.int32), tf.ones(5))
+    keras_loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.2)(
+        keras.ops.one_hot(target, 3), model(x))
+    np.testing.assert_allclose(float(loss), float(keras_loss), rtol=1e-5)
+
+
+def test_layer_decay_scales_the_learning_rate_of_each_lower_block(data):
+    X, y = data
+    # VGG16 to block3, blocks 2 and 3 trained: block 2 learns at layer_decay times the rate.
+    two_blocks = {"freeze_until": "block1", "epochs": 1, "head_epochs": 2}
+    decayed = tiny(**two_blocks, layer_decay=0.5).fit(X, y)
+
+    def kernel(clf, layer):
+        return next(w.numpy() for w in clf.model_.weights if w.path == f"{layer}/kernel")
+
+    # A vanishing rate leaves block 2 as it started, as freezing it does; 0.5 moves it.
+    still = tiny(**two_blocks, layer_decay=1e-12).fit(X, y)
+    frozen = tiny(**{**two_blocks, "freeze_until": "block2"}).fit(X, y)
+    np.testing.assert_allclose(kernel(still, "block2_conv2"), kernel(frozen, "block2_conv2"),
+                               atol=1e-6)
+    assert not np.allclose(kernel(decayed, "block2_conv2"), kernel(frozen, "block2_conv2"))
+
+
+def test_block_depths_count_the_blocks_between_a_layer_and_the_cut():
+    import keras
+
+    from transferkit.finetune_network import block_depths
+
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    depths = block_depths(vgg, vgg.get_layer("block4_pool"), vgg.layers, module="vgg16",
+                          name="VGG16", backbone_kwargs=None)
+    assert depths["block4_conv1"] == depths["block4_pool"] == 0
+    assert depths["block3_conv1"] == depths["block3_pool"] == 1
+    assert depths["block1_conv1"] == 3
+
+
 def test_unfitted_use_raises_not_fitted(data):
     with pytest.raises(NotFittedError):
         tiny().predict(data[0])

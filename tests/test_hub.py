@@ -395,6 +395,29 @@ def test_the_finetuned_classifier_freezes_a_transformer_by_block(presets, images
     assert frozen_one.n_trainable_weights_ < trains_all.n_trainable_weights_
 
 
+def test_layer_decay_counts_a_transformers_blocks_down_from_the_cut(presets, images):
+    # The layer-wise decay of ViT fine-tuning recipes: with a vanishing decay the lower of
+    # two trained blocks stays where it started, as if it were frozen.
+    X = np.concatenate([images, images[:, ::-1]])
+    y = np.array([0, 1, 0, 1, 1, 0, 1, 0])
+    settings = {"cut": "block2", "epochs": 1, "head_epochs": 2, "batch_size": 4,
+                "random_state": 0}
+    still = FineTunedClassifier(presets["siglip"][0], freeze_until=None, layer_decay=1e-12,
+                                **settings).fit(X, y)
+    frozen = FineTunedClassifier(presets["siglip"][0], freeze_until="block1",
+                                 **settings).fit(X, y)
+    moved = FineTunedClassifier(presets["siglip"][0], freeze_until=None, **settings).fit(X, y)
+
+    def first_block(clf):
+        return [w.numpy() for w in clf.model_.weights if "encoder_block_0" in w.path]
+
+    assert first_block(still) and len(first_block(still)) == len(first_block(frozen))
+    for a, b in zip(first_block(still), first_block(frozen), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(first_block(moved), first_block(frozen),
+                                                     strict=True))
+
+
 def test_flattened_tokens_of_a_siglip_block_equal_keras_hubs(presets, images):
     extractor = KerasFeatureExtractor(presets["siglip"][0], cut="block1", pooling=None)
     features = extractor.fit_transform(images)

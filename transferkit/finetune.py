@@ -271,6 +271,18 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         noisy statistics that no longer match what the following pretrained layers
         expect, which erases much of what pretraining bought. ``True`` lets the
         BatchNormalization layers of the trainable part use and update batch statistics.
+    label_smoothing : float, default=0.0
+        Label smoothing ``e`` of the loss the fine-tuning phase (and an Adam head)
+        trains on: the target puts ``1 - e`` on the label and ``e / n_classes`` on every
+        class, which keeps the network from growing ever more confident on a few hundred
+        images. The held-out check of ``early_stopping`` still scores the plain
+        cross-entropy.
+    layer_decay : float, default=1.0
+        Discriminative learning rates: where ``freeze_until`` leaves more than one block
+        of the backbone trainable (a block name from ``list_cut_points``), each block
+        learns at ``layer_decay`` times the rate of the block after it; the last block and
+        the head at ``learning_rate``. Lower layers hold more general features, which
+        a few hundred images should move less.
     cache : "auto" or bool, default="auto"
         Whether the frozen part's activations are computed once and the fine-tuning
         epochs run the trainable part alone on them, rather than running every image
@@ -405,6 +417,8 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         crop_fraction: float | str = "auto",
         head_views: int = 8,
         train_batchnorm: bool = False,
+        label_smoothing: float = 0.0,
+        layer_decay: float = 1.0,
         cache: str | bool = "auto",
         early_stopping: bool = True,
         validation_fraction: float = 0.1,
@@ -434,6 +448,8 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         self.crop_fraction = crop_fraction
         self.head_views = head_views
         self.train_batchnorm = train_batchnorm
+        self.label_smoothing = label_smoothing
+        self.layer_decay = layer_decay
         self.cache = cache
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -464,6 +480,8 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         "pooling": Options(POOLINGS, "use 'avg', 'max', 'cls', 'cls+avg' or None (flatten)"),
         "crop_fraction": Real(0, 1, "(]", "1 keeps the whole image", also=("auto",)),
         "dropout": Real(0, 1, "[)"),
+        "label_smoothing": Real(0, 1, "[)"),
+        "layer_decay": Real(0, 1, "(]", "1 trains every block at learning_rate"),
         "hidden_units": Integer(1, none_means="no hidden layer"),
         "validation_fraction": Real(0, 1, "()"),
         "head_init": Options(_HEAD_INITS, "use 'logistic' or 'adam'"),
@@ -511,6 +529,7 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
             hidden_units=self.hidden_units, head_l2=self.head_l2,
             crop_fraction=self.crop_fraction, augmentations=self._augmentations(),
             n_classes=n_classes, seeds=seeds, framing=framing, hub_preset=hub_preset,
+            layer_decay=self.layer_decay,
         )
         self._network, self.model_ = network, network.model
         # The live network: training changes the weights after this.
@@ -585,7 +604,7 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
                                      self._seeds["split"], self._log, C=C)
         return train_phase("head", self._network.head, features, y_head, w_head,
                            val_features, y_val, epochs, self.head_learning_rate, rng,
-                           settings)
+                           settings, label_smoothing=self.label_smoothing)
 
     def _log(self, message: str) -> None:
         logger.info(message)
@@ -725,6 +744,8 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
             None if val_idx is None else y_code[val_idx], self.epochs, self.learning_rate,
             shuffle_rng, settings, cosine_decay=True,
             val_model=network.trainable_net if self.cached_ else None, select_best=False,
+            label_smoothing=self.label_smoothing,
+            learning_rate_scales=network.learning_rate_scales,
         )
         self.history_["finetune"] = tuning
         # All epochs, unless the held-out images say fine-tuning clearly hurts: choosing a
@@ -746,6 +767,8 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
                     "refit", tune_model, frozen.tuning_inputs(images, all_idx, views), y_code,
                     _unit_mean(weight), None, None, kept_epochs, self.learning_rate,
                     shuffle_rng, settings, cosine_decay=True, schedule_epochs=self.epochs,
+                    label_smoothing=self.label_smoothing,
+                    learning_rate_scales=network.learning_rate_scales,
                 )
         self.history_["kept_epochs"] = kept_epochs
         self.history_["summary"] = _what_was_kept(self.history_, self.epochs, n_images,

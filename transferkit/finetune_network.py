@@ -14,14 +14,14 @@ batches (:mod:`transferkit.network`), the estimator's parameters or its fitted a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .keras_setup import seeded_keras_init
 from .network import NetworkLayout, build_trunk, pool
 
-__all__ = ["FineTuneNetwork", "build_finetune_network", "explanation_parts", "reframed",
-           "resolve_freeze"]
+__all__ = ["FineTuneNetwork", "block_depths", "build_finetune_network", "explanation_parts",
+           "reframed", "resolve_freeze"]
 
 
 @dataclass
@@ -62,6 +62,11 @@ class FineTuneNetwork:
         The augmentations of ``augment_net`` and ``train_net``.
     augment_seed : int
         Their first seed.
+    learning_rate_scales : dict
+        For each trainable weight of ``trainable_net`` below the last block, by its
+        ``path``, the factor its learning rate is multiplied by (``layer_decay`` to the
+        power of the number of blocks between it and the cut); weights absent from it,
+        the last block's and the head's, learn at the full rate.
     """
 
     model: Any
@@ -78,6 +83,26 @@ class FineTuneNetwork:
     framing: float
     augmentations: tuple[str, ...]
     augment_seed: int
+    learning_rate_scales: dict = field(default_factory=dict)
+
+
+def block_depths(full: Any, cut_layer: Any, layers: list, *, module: str, name: str,
+                 backbone_kwargs: dict | None) -> dict[str, int]:
+    """For each of ``layers`` (of ``full``, before the cut), how many block ends of the
+    backbone (:func:`transferkit.list_cut_points`) lie between it and the cut: 0 for the
+    last block, 1 for the one before, ...; by layer name."""
+    from .cut_points import list_cut_points, resolve_cut
+    from .hub_backbones import HUB_MODULE, hub_block_ends
+
+    order = {id(op): i for i, op in enumerate(full.operations)}
+    cut_position = order[id(cut_layer)]
+    # A keras-hub model carries its blocks (the usual layer-wise decay of a ViT recipe).
+    blocks = (hub_block_ends(full) if module == HUB_MODULE
+              else list_cut_points(name, backbone_kwargs))
+    ends = sorted(order[id(resolve_cut(full, block, module))] for block in blocks)
+    ends = [position for position in ends if position < cut_position]
+    return {layer.name: sum(position >= order[id(layer)] for position in ends)
+            for layer in layers if id(layer) in order}
 
 
 def resolve_freeze(full: Any, cut_layer: Any, freeze_until: Any, *, module: str, name: str,
@@ -127,6 +152,7 @@ def build_finetune_network(
     seeds: dict[str, int],
     framing: float | None = None,
     hub_preset: dict | None = None,
+    layer_decay: float = 1.0,
 ) -> FineTuneNetwork:
     """Build every network of a fine-tuned classifier; deterministic given ``seeds``.
 
@@ -137,6 +163,8 @@ def build_finetune_network(
     (:func:`transferkit.augmentation.framings`); ``framing`` is the one the central view
     keeps (default: the first allowed; a fit that chooses between them calls
     :func:`reframed`); ``hub_preset`` is that of :func:`transferkit.network.build_trunk`.
+    ``layer_decay``: each block below the last one trained learns at this factor of the
+    rate of the block above it (``learning_rate_scales``).
 
     Returns
     -------
@@ -202,6 +230,14 @@ def build_finetune_network(
         head = keras.Model(features, logits, name="head")
 
     trainable_net = keras.Model(activations, head(pooled_net(activations)), name="tuned")
+    scales = {}
+    if suffix is not None and layer_decay != 1.0:
+        depths = block_depths(full, cut_layer, suffix.layers, module=trunk.module,
+                              name=trunk.name, backbone_kwargs=backbone_kwargs)
+        for layer in suffix.layers:
+            if depths.get(layer.name):
+                for variable in layer.trainable_weights:
+                    scales[variable.path] = float(layer_decay ** depths[layer.name])
     layout = NetworkLayout(trunk.name, cut_layer.name, size,
                            source_size(size, min(framings(crop_fraction))),
                            trunk.preprocessing, n_classes, hub_preset=trunk.hub_preset)
@@ -212,7 +248,7 @@ def build_finetune_network(
                            head=head, layout=layout,
                            freeze_layer=None if freeze_layer is None else freeze_layer.name,
                            framing=framing, augmentations=augmentations,
-                           augment_seed=seeds["augment"])
+                           augment_seed=seeds["augment"], learning_rate_scales=scales)
 
 
 def _pixel_networks(prefix: Any, trainable_net: Any, layout: NetworkLayout, framing: float,

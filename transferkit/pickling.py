@@ -54,6 +54,9 @@ VALUES_BEFORE_THEY_EXISTED: dict[str, dict[str, Any]] = {
         "runtime": "tensorflow",  # 93a9096
         # crop_fraction="auto": before it, the network saw the crop_fraction it was given.
         "crop_fraction_": SameAs("crop_fraction"),
+        # Format 4: the loss was the plain cross-entropy, every block learned at one rate.
+        "label_smoothing": 0.0,
+        "layer_decay": 1.0,
     },
 }
 """For each estimator, parameters and attributes added after its first release, mapped to

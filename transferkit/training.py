@@ -52,6 +52,10 @@ class PhaseSettings:
 class TrainingStep:
     """One Adam step on a weighted minibatch; returns its mean loss and number correct.
 
+    ``label_smoothing`` ``e`` trains towards ``(1 - e)`` on the label and ``e / n_classes``
+    on every class; the returned loss is that smoothed cross-entropy. ``scales``: per
+    variable, the factor of the learning rate it takes (discriminative learning rates).
+
     The update calls the optimizer's own ``update_step`` per variable, as
     ``apply_gradients`` does for an Adam without clipping, weight decay or EMA (all that
     ``_train_phase`` creates), but not through ``apply_gradients`` itself: traced, that
@@ -62,10 +66,13 @@ class TrainingStep:
     variables against 0.11 s traced, half a 224-px batch's forward and backward pass.
     """
 
-    def __init__(self, model: Any, variables: list, optimizer: Any) -> None:
+    def __init__(self, model: Any, variables: list, optimizer: Any,
+                 label_smoothing: float = 0.0, scales: list[float] | None = None) -> None:
         self.model = model
         self.variables = variables
         self.optimizer = optimizer
+        self.label_smoothing = label_smoothing
+        self.scales = [1.0] * len(variables) if scales is None else scales
 
     def __call__(self, x: Any, target: Any, weight: Any) -> tuple:
         import tensorflow as tf
@@ -73,15 +80,22 @@ class TrainingStep:
         with tf.GradientTape() as tape:
             logits = self.model(x, training=True)
             nll = tf.nn.sparse_softmax_cross_entropy_with_logits(target, logits)
+            if self.label_smoothing:
+                # The cross-entropy with targets (1 - e) * one-hot + e / n_classes, as
+                # Keras' label_smoothing: e of the target is the uniform distribution.
+                uniform = -tf.reduce_mean(tf.nn.log_softmax(logits), axis=1)
+                nll = (1.0 - self.label_smoothing) * nll + self.label_smoothing * uniform
             loss = tf.reduce_mean(weight * nll)
             penalty = tf.add_n(self.model.losses) if self.model.losses else 0.0
             total = loss + penalty
         gradients = tape.gradient(total, self.variables)
         learning_rate = self.optimizer.learning_rate  # the schedule's value at this step
-        for gradient, variable in zip(gradients, self.variables, strict=True):
+        for gradient, variable, scale in zip(gradients, self.variables, self.scales,
+                                             strict=True):
             if gradient is None:  # a weight the loss does not reach
                 continue
-            self.optimizer.update_step(gradient, variable, learning_rate)
+            self.optimizer.update_step(gradient, variable,
+                                       learning_rate if scale == 1.0 else learning_rate * scale)
             if variable.constraint is not None:
                 variable.assign(variable.constraint(variable))
         self.optimizer.iterations.assign_add(1)
@@ -308,6 +322,8 @@ def train_phase(
     schedule_epochs: int | None = None,
     val_model: Any = None,
     select_best: bool = True,
+    label_smoothing: float = 0.0,
+    learning_rate_scales: dict[str, float] | None = None,
 ) -> dict[str, list]:
     """Adam on ``model`` with early stopping on ``val``; the best weights are kept.
 
@@ -324,6 +340,11 @@ def train_phase(
     ``select_best=False`` runs every epoch and keeps the last weights; with ``val`` it
     records in ``"worse_than_start"`` whether the starting weights score the validation
     images clearly better than the last ones (:func:`clearly_lower`).
+
+    ``label_smoothing`` smooths the training loss (:class:`TrainingStep`); the validation
+    loss is always the plain cross-entropy, the loss the head is judged by too.
+    ``learning_rate_scales`` maps a variable's ``path`` to the factor of the learning rate
+    it takes (default 1).
     """
     import keras
     import tensorflow as tf
@@ -342,7 +363,9 @@ def train_phase(
     streamed = isinstance(train, ImageCollection)
     banked = isinstance(train, ViewBank)
 
-    step = tf.function(TrainingStep(model, variables, optimizer), reduce_retracing=True)
+    scales = [(learning_rate_scales or {}).get(variable.path, 1.0) for variable in variables]
+    step = tf.function(TrainingStep(model, variables, optimizer, label_smoothing, scales),
+                       reduce_retracing=True)
     inference = make_forward(model if val_model is None else val_model)
     history: dict[str, list] = {"loss": [], "accuracy": [], "seconds": [],
                                 "learning_rate": []}
