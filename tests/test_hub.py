@@ -125,6 +125,15 @@ def keras_hub_features(presets, name, images, pooling, stage=None):
     if stage is None:
         inputs = tower.input
         out = tower({next(iter(inputs)): pixels} if isinstance(inputs, dict) else pixels)
+    elif name == "vit":
+        # ViT's blocks run inside its encoder layer, whose graph has no output per block:
+        # keras-hub's own layers, called up to that block.
+        encoder = tower.get_layer("vit_encoder")
+        out = encoder.dropout(tower.get_layer("vit_patching_and_embedding")(pixels))
+        for block in encoder.encoder_layers:
+            out = block(out)
+            if block.name == stage:
+                break
     elif hasattr(tower, "pyramid_outputs"):
         out = keras.Model(tower.inputs, tower.pyramid_outputs[stage])(pixels)
     else:
@@ -163,26 +172,29 @@ def test_a_preset_directory_is_taken_as_a_string_a_path_or_with_the_hub_prefix(p
     np.testing.assert_array_equal(with_prefix, as_string)
 
 
-def test_transformer_cut_points_are_its_blocks_and_convnet_ones_its_pyramid(presets):
-    assert list_cut_points(presets["dinov2"][0]) == ["block1", "block2"]
-    assert list_cut_points(presets["siglip"][0]) == ["block1", "block2"]
+@pytest.mark.parametrize("name", ["dinov2", "siglip", "clip", "vit", "dinov3"])
+def test_transformer_cut_points_are_its_blocks(presets, name):
+    # ViT's and DINOv3's blocks too, though they run inside one encoder layer.
+    assert list_cut_points(presets[name][0]) == ["block1", "block2"]
+
+
+def test_convnet_cut_points_are_its_feature_pyramids_levels(presets):
     assert list_cut_points(presets["resnet"][0]) == ["P2", "P3"]
-    assert list_cut_points(presets["clip"][0]) == ["block1", "block2"]
 
 
-def test_transformers_whose_blocks_run_inside_one_encoder_layer_list_none(presets):
-    # ViT's and DINOv3's encoders are single layers: no block output to end a cut at.
-    assert list_cut_points(presets["vit"][0]) == []
-    assert list_cut_points(presets["dinov3"][0]) == []
-
-
-@pytest.mark.parametrize(("name", "cut", "stage"), [
-    ("dinov2", "block1", "stage1"), ("siglip", "block1", "encoder_block_0"),
-    ("resnet", "P2", "P2"),
+@pytest.mark.parametrize(("name", "cut", "stage", "pooling"), [
+    ("dinov2", "block1", "stage1", "avg"), ("siglip", "block1", "encoder_block_0", "avg"),
+    ("resnet", "P2", "P2", "avg"),
+    # The last block, before the normalisation ViT's encoder layer ends in.
+    ("vit", "block2", "transformer_block_2", "cls+avg"),
+    ("vit", "block1", "transformer_block_1", "avg"),
+    ("dinov3", "block1", "stage1", "cls+avg"), ("dinov3", "block2", "stage2", "cls"),
 ])
-def test_a_cut_at_block_k_is_the_output_of_block_k(presets, images, name, cut, stage):
-    features = KerasFeatureExtractor(presets[name][0], cut=cut).fit_transform(images)
-    expected = keras_hub_features(presets, name, images, "avg", stage=stage)
+def test_a_cut_at_block_k_is_the_output_of_block_k(presets, images, name, cut, stage,
+                                                   pooling):
+    features = KerasFeatureExtractor(presets[name][0], cut=cut,
+                                     pooling=pooling).fit_transform(images)
+    expected = keras_hub_features(presets, name, images, pooling, stage=stage)
     np.testing.assert_allclose(features, expected, rtol=0, atol=1e-5)
 
 
@@ -264,6 +276,24 @@ def test_saved_estimators_load_in_a_fresh_process_without_their_preset(presets, 
                             env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "same features and probabilities" in result.stdout
+
+
+@pytest.mark.parametrize(("name", "stage"), [("vit", "transformer_block_1"),
+                                           ("dinov3", "stage1")])
+def test_a_saved_extractor_cut_at_a_block_is_rebuilt_from_its_architecture(
+        presets, images, tmp_path, name, stage):
+    import shutil
+
+    from transferkit.persistence import load
+
+    directory = shutil.copytree(presets[name][0], tmp_path / name)
+    extractor = KerasFeatureExtractor(str(directory), cut="block1", pooling="cls+avg")
+    save(extractor.fit(images), tmp_path / "extractor.tkz")
+    shutil.rmtree(directory)  # what rebuilds it is the file, not the preset
+    loaded = load(tmp_path / "extractor.tkz")
+    np.testing.assert_allclose(loaded.transform(images),
+                               keras_hub_features(presets, name, images, "cls+avg", stage),
+                               rtol=0, atol=1e-5)
 
 
 def test_a_preset_name_that_cannot_be_downloaded_says_how_to_bring_the_directory(
@@ -380,18 +410,22 @@ def test_activation_maps_of_a_preset_say_they_are_not_drawn_yet(presets, images)
         activation_maps(extractor, images[0])
 
 
-def test_the_finetuned_classifier_freezes_a_transformer_by_block(presets, images):
+@pytest.mark.parametrize(("name", "first_block"), [
+    ("siglip", "encoder_block_0"), ("vit", "transformer_block_1"), ("dinov3", "layers_0"),
+])
+def test_the_finetuned_classifier_freezes_a_transformer_by_block(presets, images, name,
+                                                                 first_block):
     X = np.concatenate([images, images[:, ::-1]])
     y = np.array([0, 1, 0, 1, 1, 0, 1, 0])
-    frozen_one = FineTunedClassifier(presets["siglip"][0], cut="block2", freeze_until="block1",
+    frozen_one = FineTunedClassifier(presets[name][0], cut="block2", freeze_until="block1",
                                      epochs=1, head_epochs=2, batch_size=4, random_state=0)
-    trains_all = FineTunedClassifier(presets["siglip"][0], cut="block2", freeze_until=None,
+    trains_all = FineTunedClassifier(presets[name][0], cut="block2", freeze_until=None,
                                      epochs=1, head_epochs=2, batch_size=4, random_state=0)
     frozen_one.fit(X, y)
     trains_all.fit(X, y)
-    # SigLIP's first encoder block (its name prefixed by the tower's), and fewer trainable
-    # scalars than with nothing frozen.
-    assert frozen_one.freeze_layer_.endswith("encoder_block_0")
+    # The first block (SigLIP's name prefixed by the tower's), and fewer trainable scalars
+    # than with nothing frozen.
+    assert frozen_one.freeze_layer_.endswith(first_block)
     assert frozen_one.n_trainable_weights_ < trains_all.n_trainable_weights_
 
 
