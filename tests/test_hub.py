@@ -244,6 +244,12 @@ def test_a_hub_directory_that_is_no_preset_says_what_to_pass(images, tmp_path):
         KerasFeatureExtractor(f"hub:{tmp_path}").fit(images)
 
 
+def test_a_preset_directory_missing_here_says_to_share_it_or_fit_first(images, tmp_path):
+    # What a worker that cannot read the client's disk meets.
+    with pytest.raises(ValueError, match="no config.json here.*every worker.*fit the extractor"):
+        KerasFeatureExtractor(str(tmp_path / "dinov2")).fit(images)
+
+
 def test_a_weights_file_for_a_preset_is_refused_with_the_way_out(hub_presets, images, tmp_path):
     extractor = KerasFeatureExtractor(hub_presets["resnet"][0], weights=str(tmp_path / "w.h5"))
     with pytest.raises(ValueError, match="weights=None.*save them as a preset directory"):
