@@ -100,3 +100,16 @@ def noise_images(n_per_class: int = 12, *, classes: tuple[str, ...] = ("dark", "
     X = np.concatenate([rng.integers(*NOISE_BANDS[name], (n_per_class, size, size, 3))
                         for name in classes])
     return X.astype(np.uint8), np.repeat(np.array(classes), n_per_class)
+
+
+@pytest.fixture(scope="session")
+def hub_presets(tmp_path_factory):
+    """Tiny random keras-hub presets saved as directories, one per architecture:
+    name -> (preset directory, keras-hub backbone, keras-hub image converter).
+
+    See ``tests/hub_presets.py``; skips the test where keras-hub is not installed.
+    """
+    pytest.importorskip("keras_hub")
+    from .hub_presets import save_presets
+
+    return save_presets(tmp_path_factory.mktemp("hub_presets"))

@@ -178,3 +178,36 @@ def test_extract_features_names_what_it_cannot_take():
     frame = dask_dataframe.from_dict({"path": ["a.png"], "label": [1]}, npartitions=1)
     with pytest.raises(ValueError, match=r"2 columns \['path', 'label'\]"):
         extract_features(frame, KerasFeatureExtractor(**SMALL))
+
+
+def test_a_preset_directory_gives_on_dask_the_features_of_its_own_transform(
+    client, hub_presets, photo_paths
+):
+    import dask.bag as db
+
+    from transferkit.dask import extract_features
+
+    # Unfitted, it travels as its parameters: every worker reads the directory itself.
+    extractor = KerasFeatureExtractor(hub_presets["dinov2"][0], pooling="cls+avg")
+    want = extractor.transform(photo_paths[:8])
+    features = extract_features(db.from_sequence(photo_paths[:8], npartitions=2), extractor)
+    _close(features.compute(), want)
+
+
+def test_a_fitted_preset_extractor_needs_no_preset_directory_on_the_workers(
+    client, hub_presets, photo_paths, tmp_path
+):
+    import shutil
+
+    import dask.bag as db
+
+    from transferkit.dask import extract_features
+
+    directory = shutil.copytree(hub_presets["dinov2"][0], tmp_path / "dinov2")
+    extractor = KerasFeatureExtractor(str(directory), pooling="cls+avg").fit(photo_paths[:8])
+    want = extractor.transform(photo_paths[:8])
+    # As on a cluster whose workers cannot read the client's disk: its architecture and
+    # weights travel with it.
+    shutil.rmtree(directory)
+    features = extract_features(db.from_sequence(photo_paths[:8], npartitions=2), extractor)
+    _close(features.compute(), want)

@@ -3,7 +3,8 @@ keras-hub's own pipeline gives (its image converter, its backbone, the same pool
 the extractor, the cache, a cut, save/load in a fresh process, and fine-tuning.
 
 No network here: tiny random configurations are built with keras-hub and saved with
-``save_to_preset``, once per session, as an offline user would bring a downloaded preset.
+``save_to_preset``, once per session, as an offline user would bring a downloaded preset
+(``tests/hub_presets.py``, the ``hub_presets`` fixture).
 """
 
 from __future__ import annotations
@@ -26,90 +27,7 @@ from transferkit.hub_backbones import PresetUnavailableError  # noqa: E402
 from transferkit.persistence import save  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
-
-SIZE = 32
-# ImageNet's mean and standard deviation, as DINOv2's converter applies them.
-MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-
-
-def _dinov2():
-    backbone = keras_hub.models.DINOV2Backbone(
-        patch_size=8, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32,
-        num_register_tokens=2, image_shape=(SIZE, SIZE, 3),
-        position_embedding_shape=(SIZE, SIZE, 3))
-    converter = keras_hub.layers.DINOV2ImageConverter(
-        image_size=(SIZE, SIZE), scale=list(1 / (255 * STD)), offset=list(-MEAN / STD))
-    return backbone, converter
-
-
-def _siglip():
-    vision = keras_hub.models.SigLIPVisionEncoder(
-        patch_size=8, hidden_dim=16, num_layers=2, num_heads=2, intermediate_dim=32,
-        image_shape=(SIZE, SIZE, 3))
-    text = keras_hub.models.SigLIPTextEncoder(
-        vocabulary_size=16, embedding_dim=16, hidden_dim=16, num_layers=1, num_heads=2,
-        intermediate_dim=32, max_sequence_length=8)
-    backbone = keras_hub.models.SigLIPBackbone(vision, text)
-    converter = keras_hub.layers.SigLIPImageConverter(
-        image_size=(SIZE, SIZE), scale=1 / 127.5, offset=-1.0)
-    return backbone, converter
-
-
-def _resnet():
-    # keras-hub's ResNet needs 64 filters in its first stage.
-    backbone = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 64],
-        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
-        use_pre_activation=False, image_shape=(None, None, 3))
-    converter = keras_hub.layers.ResNetImageConverter(
-        image_size=(SIZE, SIZE), scale=list(1 / (255 * STD)), offset=list(-MEAN / STD))
-    return backbone, converter
-
-
-def _clip():
-    vision = keras_hub.models.CLIPVisionEncoder(
-        patch_size=8, hidden_dim=16, num_layers=2, num_heads=2, intermediate_dim=32,
-        image_shape=(SIZE, SIZE, 3))
-    converter = keras_hub.layers.CLIPImageConverter(image_size=(SIZE, SIZE), scale=1 / 255)
-    return vision, converter
-
-
-def _vit():
-    backbone = keras_hub.models.ViTBackbone(
-        image_shape=(SIZE, SIZE, 3), patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
-        mlp_dim=32)
-    converter = keras_hub.layers.ViTImageConverter(
-        image_size=(SIZE, SIZE), scale=1 / 127.5, offset=-1.0)
-    return backbone, converter
-
-
-def _dinov3():
-    backbone = keras_hub.models.DINOV3Backbone(
-        patch_size=8, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32,
-        num_register_tokens=2, image_shape=(SIZE, SIZE, 3))
-    converter = keras_hub.layers.DINOV3ImageConverter(image_size=(SIZE, SIZE), scale=1 / 255)
-    return backbone, converter
-
-
-BUILDERS = {"dinov2": _dinov2, "siglip": _siglip, "resnet": _resnet, "clip": _clip,
-            "vit": _vit, "dinov3": _dinov3}
-# Tokens before the patch tokens: the class token, then DINO's two registers here; SigLIP
-# has neither.
-PREFIX_TOKENS = {"dinov2": 3, "dinov3": 3, "clip": 1, "vit": 1, "siglip": 0}
-
-
-@pytest.fixture(scope="session")
-def presets(tmp_path_factory):
-    """name -> (preset directory, keras-hub backbone, keras-hub image converter)."""
-    root = tmp_path_factory.mktemp("hub_presets")
-    made = {}
-    for name, build in BUILDERS.items():
-        keras.utils.set_random_seed(0)
-        backbone, converter = build()
-        backbone.save_to_preset(str(root / name))
-        converter.save_to_preset(str(root / name))
-        made[name] = (str(root / name), backbone, converter)
-    return made
+from .hub_presets import MEAN, PREFIX_TOKENS, SIZE, STD, resnet  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -117,14 +35,23 @@ def images():
     return np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 3)).astype("uint8")
 
 
-def keras_hub_features(presets, name, images, pooling, stage=None):
+def keras_hub_features(hub_presets, name, images, pooling, stage=None):
     """What keras-hub itself computes: converter, backbone (or its block ``stage``), pooling."""
-    _, backbone, converter = presets[name]
+    _, backbone, converter = hub_presets[name]
     tower = getattr(backbone, "vision_encoder", backbone)
     pixels = converter(images.astype("float32"))
     if stage is None:
         inputs = tower.input
         out = tower({next(iter(inputs)): pixels} if isinstance(inputs, dict) else pixels)
+    elif name == "vit":
+        # ViT's blocks run inside its encoder layer, whose graph has no output per block:
+        # keras-hub's own layers, called up to that block.
+        encoder = tower.get_layer("vit_encoder")
+        out = encoder.dropout(tower.get_layer("vit_patching_and_embedding")(pixels))
+        for block in encoder.encoder_layers:
+            out = block(out)
+            if block.name == stage:
+                break
     elif hasattr(tower, "pyramid_outputs"):
         out = keras.Model(tower.inputs, tower.pyramid_outputs[stage])(pixels)
     else:
@@ -143,19 +70,19 @@ def keras_hub_features(presets, name, images, pooling, stage=None):
     ("dinov2", "cls+avg"), ("dinov2", "cls"), ("dinov2", "avg"), ("siglip", "avg"),
     ("resnet", "avg"), ("clip", "cls+avg"), ("vit", "cls+avg"), ("dinov3", "cls+avg"),
 ])
-def test_features_of_a_preset_directory_equal_keras_hubs_own(presets, images, name, pooling):
-    directory = presets[name][0]
+def test_features_of_a_preset_directory_equal_keras_hubs_own(hub_presets, images, name, pooling):
+    directory = hub_presets[name][0]
     features = KerasFeatureExtractor(directory, pooling=pooling).fit_transform(images)
-    expected = keras_hub_features(presets, name, images, pooling)
+    expected = keras_hub_features(hub_presets, name, images, pooling)
     assert features.shape == expected.shape
     np.testing.assert_allclose(features, expected, rtol=0, atol=1e-5)
 
 
-def test_a_preset_directory_is_taken_as_a_string_a_path_or_with_the_hub_prefix(presets,
+def test_a_preset_directory_is_taken_as_a_string_a_path_or_with_the_hub_prefix(hub_presets,
                                                                               images):
     from pathlib import Path
 
-    directory = presets["dinov2"][0]
+    directory = hub_presets["dinov2"][0]
     as_string = KerasFeatureExtractor(directory).fit_transform(images)
     as_path = KerasFeatureExtractor(Path(directory)).fit_transform(images)
     with_prefix = KerasFeatureExtractor(f"hub:{directory}").fit_transform(images)
@@ -163,41 +90,44 @@ def test_a_preset_directory_is_taken_as_a_string_a_path_or_with_the_hub_prefix(p
     np.testing.assert_array_equal(with_prefix, as_string)
 
 
-def test_transformer_cut_points_are_its_blocks_and_convnet_ones_its_pyramid(presets):
-    assert list_cut_points(presets["dinov2"][0]) == ["block1", "block2"]
-    assert list_cut_points(presets["siglip"][0]) == ["block1", "block2"]
-    assert list_cut_points(presets["resnet"][0]) == ["P2", "P3"]
-    assert list_cut_points(presets["clip"][0]) == ["block1", "block2"]
+@pytest.mark.parametrize("name", ["dinov2", "siglip", "clip", "vit", "dinov3"])
+def test_transformer_cut_points_are_its_blocks(hub_presets, name):
+    # ViT's and DINOv3's blocks too, though they run inside one encoder layer.
+    assert list_cut_points(hub_presets[name][0]) == ["block1", "block2"]
 
 
-def test_transformers_whose_blocks_run_inside_one_encoder_layer_list_none(presets):
-    # ViT's and DINOv3's encoders are single layers: no block output to end a cut at.
-    assert list_cut_points(presets["vit"][0]) == []
-    assert list_cut_points(presets["dinov3"][0]) == []
+def test_convnet_cut_points_are_its_feature_pyramids_levels(hub_presets):
+    assert list_cut_points(hub_presets["resnet"][0]) == ["P2", "P3"]
 
 
-@pytest.mark.parametrize(("name", "cut", "stage"), [
-    ("dinov2", "block1", "stage1"), ("siglip", "block1", "encoder_block_0"),
-    ("resnet", "P2", "P2"),
+@pytest.mark.parametrize(("name", "cut", "stage", "pooling"), [
+    ("dinov2", "block1", "stage1", "avg"), ("siglip", "block1", "encoder_block_0", "avg"),
+    ("resnet", "P2", "P2", "avg"),
+    # The last block, before the normalisation ViT's encoder layer ends in.
+    ("vit", "block2", "transformer_block_2", "cls+avg"),
+    ("vit", "block1", "transformer_block_1", "avg"),
+    ("dinov3", "block1", "stage1", "cls+avg"), ("dinov3", "block2", "stage2", "cls"),
 ])
-def test_a_cut_at_block_k_is_the_output_of_block_k(presets, images, name, cut, stage):
-    features = KerasFeatureExtractor(presets[name][0], cut=cut).fit_transform(images)
-    expected = keras_hub_features(presets, name, images, "avg", stage=stage)
+def test_a_cut_at_block_k_is_the_output_of_block_k(hub_presets, images, name, cut, stage,
+                                                   pooling):
+    features = KerasFeatureExtractor(hub_presets[name][0], cut=cut,
+                                     pooling=pooling).fit_transform(images)
+    expected = keras_hub_features(hub_presets, name, images, pooling, stage=stage)
     np.testing.assert_allclose(features, expected, rtol=0, atol=1e-5)
 
 
-def test_a_class_token_pooling_of_a_model_without_one_says_what_to_use(presets, images):
-    extractor = KerasFeatureExtractor(presets["siglip"][0], cut="block2", pooling="cls")
+def test_a_class_token_pooling_of_a_model_without_one_says_what_to_use(hub_presets, images):
+    extractor = KerasFeatureExtractor(hub_presets["siglip"][0], cut="block2", pooling="cls")
     with pytest.raises(ValueError, match="has none.*pooling='avg'"):
         extractor.fit(images)
 
 
-def test_another_input_size_rebuilds_a_vision_transformer_for_it(presets):
+def test_another_input_size_rebuilds_a_vision_transformer_for_it(hub_presets):
     larger = np.random.default_rng(1).integers(0, 256, (2, 48, 48, 3)).astype("uint8")
-    extractor = KerasFeatureExtractor(presets["dinov2"][0], input_size=48)
+    extractor = KerasFeatureExtractor(hub_presets["dinov2"][0], input_size=48)
     features = extractor.fit_transform(larger)
     # keras-hub's own backbone at that size, after the converter's scale and offset.
-    backbone = keras_hub.models.Backbone.from_preset(presets["dinov2"][0],
+    backbone = keras_hub.models.Backbone.from_preset(hub_presets["dinov2"][0],
                                                      image_shape=(48, 48, 3))
     pixels = (larger / 255 - MEAN) / STD
     tokens = keras.ops.convert_to_numpy(backbone({"images": pixels.astype("float32")}))
@@ -205,38 +135,38 @@ def test_another_input_size_rebuilds_a_vision_transformer_for_it(presets):
     np.testing.assert_allclose(features, tokens[:, 3:].mean(axis=1), rtol=0, atol=1e-5)
 
 
-def test_an_input_size_a_preset_cannot_take_says_to_leave_it(presets):
+def test_an_input_size_a_preset_cannot_take_says_to_leave_it(hub_presets):
     larger = np.zeros((2, 48, 48, 3), dtype="uint8")
-    extractor = KerasFeatureExtractor(presets["siglip"][0], input_size=48)
+    extractor = KerasFeatureExtractor(hub_presets["siglip"][0], input_size=48)
     with pytest.raises(ValueError, match="takes 32x32 images only; leave input_size=None"):
         extractor.fit(larger)
 
 
-def test_weights_none_is_the_same_architecture_randomly_initialised(presets, images):
-    directory = presets["dinov2"][0]
+def test_weights_none_is_the_same_architecture_randomly_initialised(hub_presets, images):
+    directory = hub_presets["dinov2"][0]
     preset = KerasFeatureExtractor(directory).fit(images)
     random = KerasFeatureExtractor(directory, weights=None, random_state=1).fit(images)
     assert [w.shape for w in random.model_.weights] == [w.shape for w in preset.model_.weights]
     assert not np.allclose(random.transform(images), preset.transform(images))
 
 
-def test_cached_features_of_a_preset_are_identical_to_computed_ones(presets, images):
+def test_cached_features_of_a_preset_are_identical_to_computed_ones(hub_presets, images):
     cache = MemoryFeatureCache()
-    first = KerasFeatureExtractor(presets["siglip"][0], cache=cache).fit_transform(images)
-    again = KerasFeatureExtractor(presets["siglip"][0], cache=cache).fit_transform(images)
+    first = KerasFeatureExtractor(hub_presets["siglip"][0], cache=cache).fit_transform(images)
+    again = KerasFeatureExtractor(hub_presets["siglip"][0], cache=cache).fit_transform(images)
     assert cache.hits == len(images)
     np.testing.assert_array_equal(again, first)
-    np.testing.assert_allclose(first, keras_hub_features(presets, "siglip", images, "avg"),
+    np.testing.assert_allclose(first, keras_hub_features(hub_presets, "siglip", images, "avg"),
                                rtol=0, atol=1e-5)
 
 
-def test_saved_estimators_load_in_a_fresh_process_without_their_preset(presets, images,
+def test_saved_estimators_load_in_a_fresh_process_without_their_preset(hub_presets, images,
                                                                        tmp_path):
     import shutil
 
     # A copy of the preset, deleted before loading: the file must carry all it needs.
-    directory = shutil.copytree(presets["dinov2"][0], tmp_path / "dinov2")
-    expected = keras_hub_features(presets, "dinov2", images, "cls+avg")
+    directory = shutil.copytree(hub_presets["dinov2"][0], tmp_path / "dinov2")
+    expected = keras_hub_features(hub_presets, "dinov2", images, "cls+avg")
     extractor = KerasFeatureExtractor(str(directory), pooling="cls+avg").fit(images)
     classifier = FineTunedClassifier(str(directory), epochs=1, head_epochs=2, batch_size=4,
                                      random_state=0).fit(images, [0, 1, 0, 1])
@@ -266,6 +196,24 @@ def test_saved_estimators_load_in_a_fresh_process_without_their_preset(presets, 
     assert "same features and probabilities" in result.stdout
 
 
+@pytest.mark.parametrize(("name", "stage"), [("vit", "transformer_block_1"),
+                                           ("dinov3", "stage1")])
+def test_a_saved_extractor_cut_at_a_block_is_rebuilt_from_its_architecture(
+        hub_presets, images, tmp_path, name, stage):
+    import shutil
+
+    from transferkit.persistence import load
+
+    directory = shutil.copytree(hub_presets[name][0], tmp_path / name)
+    extractor = KerasFeatureExtractor(str(directory), cut="block1", pooling="cls+avg")
+    save(extractor.fit(images), tmp_path / "extractor.tkz")
+    shutil.rmtree(directory)  # what rebuilds it is the file, not the preset
+    loaded = load(tmp_path / "extractor.tkz")
+    np.testing.assert_allclose(loaded.transform(images),
+                               keras_hub_features(hub_presets, name, images, "cls+avg", stage),
+                               rtol=0, atol=1e-5)
+
+
 def test_a_preset_name_that_cannot_be_downloaded_says_how_to_bring_the_directory(
         images, monkeypatch, tmp_path):
     # No internet, even on a machine that has it: every request goes to a closed port, and
@@ -284,9 +232,9 @@ def test_a_preset_name_that_cannot_be_downloaded_says_how_to_bring_the_directory
     assert time.monotonic() - started < 30  # offline, keras-hub fails at once
 
 
-def test_a_preset_directory_without_its_image_converter_says_how_to_save_it(presets, images,
+def test_a_preset_directory_without_its_image_converter_says_how_to_save_it(hub_presets, images,
                                                                             tmp_path):
-    presets["resnet"][1].save_to_preset(str(tmp_path / "bare"))
+    hub_presets["resnet"][1].save_to_preset(str(tmp_path / "bare"))
     with pytest.raises(FileNotFoundError, match="image_converter.save_to_preset"):
         KerasFeatureExtractor(str(tmp_path / "bare")).fit(images)
 
@@ -296,37 +244,43 @@ def test_a_hub_directory_that_is_no_preset_says_what_to_pass(images, tmp_path):
         KerasFeatureExtractor(f"hub:{tmp_path}").fit(images)
 
 
-def test_a_weights_file_for_a_preset_is_refused_with_the_way_out(presets, images, tmp_path):
-    extractor = KerasFeatureExtractor(presets["resnet"][0], weights=str(tmp_path / "w.h5"))
+def test_a_preset_directory_missing_here_says_to_share_it_or_fit_first(images, tmp_path):
+    # What a worker that cannot read the client's disk meets.
+    with pytest.raises(ValueError, match="no config.json here.*every worker.*fit the extractor"):
+        KerasFeatureExtractor(str(tmp_path / "dinov2")).fit(images)
+
+
+def test_a_weights_file_for_a_preset_is_refused_with_the_way_out(hub_presets, images, tmp_path):
+    extractor = KerasFeatureExtractor(hub_presets["resnet"][0], weights=str(tmp_path / "w.h5"))
     with pytest.raises(ValueError, match="weights=None.*save them as a preset directory"):
         extractor.fit(images)
 
 
-def test_a_preset_rewritten_in_place_is_not_served_from_the_cache(presets, images, tmp_path):
+def test_a_preset_rewritten_in_place_is_not_served_from_the_cache(hub_presets, images, tmp_path):
     directory = str(tmp_path / "resnet")
-    presets["resnet"][1].save_to_preset(directory)
-    presets["resnet"][2].save_to_preset(directory)
+    hub_presets["resnet"][1].save_to_preset(directory)
+    hub_presets["resnet"][2].save_to_preset(directory)
     cache = MemoryFeatureCache()
     before = KerasFeatureExtractor(directory, cache=cache).fit_transform(images)
     keras.utils.set_random_seed(1)
-    retrained, _ = _resnet()
+    retrained, _ = resnet()
     retrained.save_to_preset(directory)
     after = KerasFeatureExtractor(directory, cache=cache).fit_transform(images)
     assert cache.hits == 0
     assert not np.allclose(after, before)
 
 
-def test_the_finetuned_classifier_fits_and_predicts_with_a_preset(presets, images):
+def test_the_finetuned_classifier_fits_and_predicts_with_a_preset(hub_presets, images):
     X = np.concatenate([images, images[:, ::-1]])
     y = np.array([0, 1, 0, 1, 1, 0, 1, 0])
-    classifier = FineTunedClassifier(presets["dinov2"][0], pooling="cls+avg", epochs=1,
+    classifier = FineTunedClassifier(hub_presets["dinov2"][0], pooling="cls+avg", epochs=1,
                                      head_epochs=2, batch_size=4, random_state=0)
     classifier.fit(X, y)
     assert classifier.predict_proba(X).shape == (8, 2)
     assert set(classifier.predict(X)) <= {0, 1}
 
 
-def test_the_command_line_extracts_features_of_a_preset_directory(presets, images, tmp_path):
+def test_the_command_line_extracts_features_of_a_preset_directory(hub_presets, images, tmp_path):
     from PIL import Image
 
     from transferkit.cli import main
@@ -337,29 +291,29 @@ def test_the_command_line_extracts_features_of_a_preset_directory(presets, image
         Image.fromarray(image).save(folder / f"image_{k}.png")
     output = tmp_path / "features.npz"
     assert main(["extract", str(folder), "-o", str(output), "--quiet",
-                 "--backbone", presets["dinov2"][0], "--pooling", "cls+avg"]) == 0
+                 "--backbone", hub_presets["dinov2"][0], "--pooling", "cls+avg"]) == 0
     saved = np.load(output)
     np.testing.assert_allclose(saved["features"],
-                               keras_hub_features(presets, "dinov2", images, "cls+avg"),
+                               keras_hub_features(hub_presets, "dinov2", images, "cls+avg"),
                                rtol=0, atol=1e-5)
 
 
-def test_the_command_line_lists_a_presets_cut_points(presets, capsys):
+def test_the_command_line_lists_a_presets_cut_points(hub_presets, capsys):
     from transferkit.cli import main
 
-    assert main(["cut-points", presets["dinov2"][0]]) == 0
+    assert main(["cut-points", hub_presets["dinov2"][0]]) == 0
     assert capsys.readouterr().out.split() == ["block1", "block2"]
 
 
-def test_openvino_runs_a_preset_as_tensorflow_does(presets, images):
+def test_openvino_runs_a_preset_as_tensorflow_does(hub_presets, images):
     pytest.importorskip("openvino")
-    directory = presets["dinov2"][0]
+    directory = hub_presets["dinov2"][0]
     compiled = KerasFeatureExtractor(directory, runtime="openvino").fit_transform(images)
     traced = KerasFeatureExtractor(directory).fit_transform(images)
     np.testing.assert_allclose(compiled, traced, rtol=0, atol=1e-5)
 
 
-def test_a_network_openvino_cannot_convert_says_to_use_tensorflow(presets, images,
+def test_a_network_openvino_cannot_convert_says_to_use_tensorflow(hub_presets, images,
                                                                   monkeypatch):
     openvino = pytest.importorskip("openvino")
 
@@ -367,46 +321,50 @@ def test_a_network_openvino_cannot_convert_says_to_use_tensorflow(presets, image
         raise RuntimeError("Cannot create Einsum layer from unsupported opset")
 
     monkeypatch.setattr(openvino, "convert_model", unconvertible)
-    extractor = KerasFeatureExtractor(presets["siglip"][0], runtime="openvino")
+    extractor = KerasFeatureExtractor(hub_presets["siglip"][0], runtime="openvino")
     with pytest.raises(RuntimeError, match="cannot convert.*Einsum.*runtime='tensorflow'"):
         extractor.fit(images)
 
 
-def test_activation_maps_of_a_preset_say_they_are_not_drawn_yet(presets, images):
+def test_activation_maps_of_a_preset_say_they_are_not_drawn_yet(hub_presets, images):
     from transferkit.viz import activation_maps
 
-    extractor = KerasFeatureExtractor(presets["resnet"][0]).fit(images)
+    extractor = KerasFeatureExtractor(hub_presets["resnet"][0]).fit(images)
     with pytest.raises(ValueError, match="keras-hub backbones.*not drawn yet"):
         activation_maps(extractor, images[0])
 
 
-def test_the_finetuned_classifier_freezes_a_transformer_by_block(presets, images):
+@pytest.mark.parametrize(("name", "first_block"), [
+    ("siglip", "encoder_block_0"), ("vit", "transformer_block_1"), ("dinov3", "layers_0"),
+])
+def test_the_finetuned_classifier_freezes_a_transformer_by_block(hub_presets, images, name,
+                                                                 first_block):
     X = np.concatenate([images, images[:, ::-1]])
     y = np.array([0, 1, 0, 1, 1, 0, 1, 0])
-    frozen_one = FineTunedClassifier(presets["siglip"][0], cut="block2", freeze_until="block1",
+    frozen_one = FineTunedClassifier(hub_presets[name][0], cut="block2", freeze_until="block1",
                                      epochs=1, head_epochs=2, batch_size=4, random_state=0)
-    trains_all = FineTunedClassifier(presets["siglip"][0], cut="block2", freeze_until=None,
+    trains_all = FineTunedClassifier(hub_presets[name][0], cut="block2", freeze_until=None,
                                      epochs=1, head_epochs=2, batch_size=4, random_state=0)
     frozen_one.fit(X, y)
     trains_all.fit(X, y)
-    # SigLIP's first encoder block (its name prefixed by the tower's), and fewer trainable
-    # scalars than with nothing frozen.
-    assert frozen_one.freeze_layer_.endswith("encoder_block_0")
+    # The first block (SigLIP's name prefixed by the tower's), and fewer trainable scalars
+    # than with nothing frozen.
+    assert frozen_one.freeze_layer_.endswith(first_block)
     assert frozen_one.n_trainable_weights_ < trains_all.n_trainable_weights_
 
 
-def test_layer_decay_counts_a_transformers_blocks_down_from_the_cut(presets, images):
+def test_layer_decay_counts_a_transformers_blocks_down_from_the_cut(hub_presets, images):
     # The layer-wise decay of ViT fine-tuning recipes: with a vanishing decay the lower of
     # two trained blocks stays where it started, as if it were frozen.
     X = np.concatenate([images, images[:, ::-1]])
     y = np.array([0, 1, 0, 1, 1, 0, 1, 0])
     settings = {"cut": "block2", "epochs": 1, "head_epochs": 2, "batch_size": 4,
                 "random_state": 0}
-    still = FineTunedClassifier(presets["siglip"][0], freeze_until=None, layer_decay=1e-12,
+    still = FineTunedClassifier(hub_presets["siglip"][0], freeze_until=None, layer_decay=1e-12,
                                 **settings).fit(X, y)
-    frozen = FineTunedClassifier(presets["siglip"][0], freeze_until="block1",
+    frozen = FineTunedClassifier(hub_presets["siglip"][0], freeze_until="block1",
                                  **settings).fit(X, y)
-    moved = FineTunedClassifier(presets["siglip"][0], freeze_until=None, **settings).fit(X, y)
+    moved = FineTunedClassifier(hub_presets["siglip"][0], freeze_until=None, **settings).fit(X, y)
 
     def first_block(clf):
         return [w.numpy() for w in clf.model_.weights if "encoder_block_0" in w.path]
@@ -418,29 +376,29 @@ def test_layer_decay_counts_a_transformers_blocks_down_from_the_cut(presets, ima
                                                      strict=True))
 
 
-def test_flattened_tokens_of_a_siglip_block_equal_keras_hubs(presets, images):
-    extractor = KerasFeatureExtractor(presets["siglip"][0], cut="block1", pooling=None)
+def test_flattened_tokens_of_a_siglip_block_equal_keras_hubs(hub_presets, images):
+    extractor = KerasFeatureExtractor(hub_presets["siglip"][0], cut="block1", pooling=None)
     features = extractor.fit_transform(images)
-    tower = presets["siglip"][1].vision_encoder
-    pixels = presets["siglip"][2](images.astype("float32"))
+    tower = hub_presets["siglip"][1].vision_encoder
+    pixels = hub_presets["siglip"][2](images.astype("float32"))
     tokens = keras.Model(tower.inputs, tower.get_layer("encoder_block_0").output)(pixels)
     expected = keras.ops.convert_to_numpy(tokens).reshape(len(images), -1)
     assert extractor.n_features_out_ == expected.shape[1] == 16 * 16
     np.testing.assert_allclose(features, expected, rtol=0, atol=1e-5)
 
 
-def test_bfloat16_precision_reaches_the_image_tower_of_an_image_text_preset(presets, images):
+def test_bfloat16_precision_reaches_the_image_tower_of_an_image_text_preset(hub_presets, images):
     from transferkit.network import trunk_of
 
-    extractor = KerasFeatureExtractor(presets["siglip"][0], precision="bfloat16").fit(images)
+    extractor = KerasFeatureExtractor(hub_presets["siglip"][0], precision="bfloat16").fit(images)
     policies = {layer.dtype_policy.name for layer in trunk_of(extractor.model_).layers}
     assert policies == {"mixed_bfloat16"}
 
 
-def test_a_saved_architecture_naming_no_keras_hub_backbone_is_refused(presets, images):
+def test_a_saved_architecture_naming_no_keras_hub_backbone_is_refused(hub_presets, images):
     import copy
 
-    extractor = KerasFeatureExtractor(presets["resnet"][0]).fit(images)
+    extractor = KerasFeatureExtractor(hub_presets["resnet"][0]).fit(images)
     # What unpickling or transferkit.load would receive from an edited file.
     state = copy.deepcopy(extractor.__getstate__())
     state["hub_preset_"]["backbone"]["class_name"] = "Popen"

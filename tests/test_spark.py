@@ -108,3 +108,23 @@ def test_predictions_match_the_fitted_pipeline_in_process(spark, hymenoptera):
         np.testing.assert_allclose(row.probability, proba[row.path], atol=1e-5)
         assert row.label == pipe.classes_[np.argmax(proba[row.path])]
     assert {row.label for row in rows} == {"ants", "bees"}
+
+
+def test_a_fitted_preset_extractor_gives_on_spark_the_features_of_its_own_transform(
+    spark, hymenoptera, hub_presets, tmp_path
+):
+    from transferkit.spark import features_udf
+
+    paths, _ = hymenoptera
+    directory = shutil.copytree(hub_presets["dinov2"][0], tmp_path / "dinov2")
+    extractor = KerasFeatureExtractor(str(directory), pooling="cls+avg").fit(paths)
+    want = dict(zip(paths, extractor.transform(paths), strict=True))
+    # As on a cluster whose executors cannot read the driver's disk: its architecture and
+    # weights travel with it.
+    shutil.rmtree(directory)
+    extract = features_udf(extractor, batch_size=3)
+    df = spark.createDataFrame([(p,) for p in paths], ["path"]).repartition(2)
+    rows = df.select("path", extract("path").alias("features")).collect()
+    assert sorted(row.path for row in rows) == sorted(paths)
+    for row in rows:
+        _close(np.asarray(row.features, dtype=np.float32), want[row.path])

@@ -253,6 +253,15 @@ def _canonical_entry(name: str) -> _Entry:
         by_lower = {k.lower(): k for k in known}
         close = difflib.get_close_matches(name.strip().lower(), list(by_lower), n=5, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(by_lower[c]) for c in close)}?" if close else ""
+        if "/" in name or os.sep in name:
+            # A keras-hub preset directory is recognised by its config.json, so one missing
+            # here (a worker that cannot read the client's disk) reads as a backbone name.
+            hint += (
+                " Nor is it a keras-hub preset directory on this machine: it holds no "
+                "config.json here. Pass a preset directory that every process building the "
+                "network can read (on Dask or Spark, every worker), or fit the extractor "
+                "first: a fitted one carries its preset."
+            )
         raise advised(
             ValueError,
             "Unknown backbone {name!r}.{hint} See {list_backbones} for the {count} backbones "

@@ -10,7 +10,8 @@ The estimator travels to the workers small: a :class:`~transferkit.KerasFeatureE
 whose parameters determine its weights (ImageNet weights, a weights file, or random
 weights with an integer ``random_state``) is sent as its parameters alone, and each
 worker loads the weights itself, from its own Keras cache or from the path. Only an
-extractor whose random weights cannot be rebuilt from a seed travels with its weights.
+extractor whose random weights cannot be rebuilt from a seed, or a fitted one of a keras-hub
+preset (which may be on no worker), travels with its weights.
 
 The per-process registry (:mod:`transferkit.workers`) also serves :mod:`transferkit.spark`.
 Dask itself is imported only when :func:`extract_features` is called: ``import
@@ -62,7 +63,9 @@ def extract_features(images: Any, extractor: Any) -> Any:
         network once, loading the weights from its own Keras cache or the weights file
         (which must exist on every worker). Random weights need an integer
         ``random_state`` (or a fitted extractor, whose weights then travel with it), so
-        that every worker has the same ones.
+        that every worker has the same ones. A keras-hub preset directory must be readable
+        from every worker, unless the extractor is fitted: a fitted extractor of a preset
+        travels with its architecture and weights.
 
     Returns
     -------

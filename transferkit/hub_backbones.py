@@ -209,52 +209,82 @@ def _prefix_tokens(backbone: Any) -> int | None:
     return None
 
 
-def _chain(backbone: Any) -> list[Any] | None:
-    """The layers of a backbone whose graph is one chain of layers, in order; else None.
+def _chain(backbone: Any, image_shape: tuple) -> tuple[Any, list[tuple[Any, dict]]] | None:
+    """A transformer's computation as a chain: its embedding, then each layer after it
+    with the arguments it takes besides the tokens; None for any other graph.
 
-    Only graphs known to be such a chain: DINOv3's blocks also take its rotary position
-    embeddings, ViT's encoder ends in a normalisation of its own.
+    Only backbones whose computation is known to be such a chain once its blocks are
+    called one by one: DINOv2 and ViT run theirs inside one encoder layer (ViT's encoder
+    also holds the dropout before them and the normalisation after them), DINOv3's also
+    take its rotary position embeddings, which depend on the image size only and so are
+    computed once here, as its rope layer computes them, and given to every block as
+    constants.
     """
+    import numpy as np
+
     kind = type(backbone).__name__
     if kind == "DINOV2Backbone":
-        return [backbone.embeddings, *backbone.encoder.layers, backbone.layernorm]
+        return backbone.embeddings, [(layer, {}) for layer in
+                                     [*backbone.encoder.layers, backbone.layernorm]]
     if kind == "SigLIPVisionEncoder":
-        return [backbone.embedding, *backbone.encoder_layers, backbone.post_layer_norm,
-                backbone.head]
+        return backbone.embedding, [(layer, {}) for layer in
+                                    [*backbone.encoder_layers, backbone.post_layer_norm,
+                                     backbone.head]]
+    if kind == "ViTBackbone":
+        of_type = {type(layer).__name__: layer for layer in backbone.layers}
+        encoder = of_type["ViTEncoder"]
+        return of_type["ViTPatchingAndEmbedding"], [
+            (layer, {}) for layer in
+            [encoder.dropout, *encoder.encoder_layers, encoder.layer_norm]]
+    if kind == "DINOV3Backbone" and None not in image_shape:
+        # In the compute dtype the rope layer casts to, as it does in the backbone's graph.
+        rotary = backbone.rope_embedding(np.zeros((1, *image_shape), dtype="float32"))
+        arguments = {"position_embeddings": tuple(rotary),
+                     "num_prefix_tokens": 1 + int(backbone.num_register_tokens)}
+        return backbone.embeddings, [
+            *((layer, arguments) for layer in backbone.encoder.layers),
+            (backbone.layernorm, {})]
     return None
 
 
 def _flat(backbone: Any) -> tuple[Any, dict[str, str]]:
     """One-input functional model sharing the backbone's weights; its blocks by name.
 
-    A chain (:func:`_chain`) is built again from copies of its layers (same weights):
-    DINOv2 runs its blocks inside one ``encoder`` layer, and calling them one by one makes
-    each block's output a layer's output, which a cut can end at (copies, because a layer
-    called in two graphs has no single ``output``). The number of tokens the embedding
-    declares is checked against the number it makes: SigLIP's declares a class token it
-    does not have, which a network built on the declared shape (a frozen prefix's output,
-    a flattened cut) would then refuse.
+    A chain (:func:`_chain`) is built again from the embedding's output in the backbone's
+    graph, calling its blocks one by one, so that each block's output is a layer's output,
+    which a cut can end at. A layer the backbone's graph already calls is copied (same
+    weights), because a layer called in two graphs has no single ``output``; a block that
+    runs inside an encoder layer was never called in a graph and is used as it is. The
+    embedding is not copied: ViT's config holds counts its constructor does not take back.
+    The number of tokens the embedding declares is checked against the number it makes:
+    SigLIP's declares a class token it does not have, which a network built on the
+    declared shape (a frozen prefix's output, a flattened cut) would then refuse.
     """
     import keras
     import numpy as np
 
-    image_shape = tuple(backbone.inputs[0].shape[1:])
-    chain = _chain(backbone)
+    images = backbone.inputs[0]
+    image_shape = tuple(images.shape[1:])
+    chain = _chain(backbone, image_shape)
     if chain is not None:
-        images = keras.Input(image_shape, name="images")
-        x = images
-        for position, layer in enumerate(chain):
-            copy = type(layer).from_config(layer.get_config())
-            x = copy(x)
-            copy.set_weights(layer.get_weights())
-            if position == 0 and None not in image_shape:
-                made = copy(np.zeros((1, *image_shape), dtype="float32")).shape
-                if tuple(made[1:]) != tuple(x.shape[1:]):
-                    # An op, not a Reshape layer: that one checks the declared shape.
-                    x = keras.ops.reshape(x, (-1, *made[1:]))
+        embedding, rest = chain
+        x = embedding.output
+        if None not in image_shape:
+            made = embedding(np.zeros((1, *image_shape), dtype="float32")).shape
+            if tuple(made[1:]) != tuple(x.shape[1:]):
+                # An op, not a Reshape layer: that one checks the declared shape.
+                x = keras.ops.reshape(x, (-1, *made[1:]))
+        in_graph = {id(layer) for layer in backbone.layers}
+        for layer, arguments in rest:
+            if id(layer) in in_graph:
+                copy = type(layer).from_config(layer.get_config())
+                x = copy(x, **arguments)
+                copy.set_weights(layer.get_weights())
+            else:
+                x = layer(x, **arguments)
         full = keras.Model(images, x, name=backbone.name)
     else:
-        full = keras.Model(backbone.inputs[0], backbone.outputs[0], name=backbone.name)
+        full = keras.Model(images, backbone.outputs[0], name=backbone.name)
 
     blocks: dict[str, str] = {}
     pyramid = getattr(backbone, "pyramid_outputs", None)
@@ -262,12 +292,13 @@ def _flat(backbone: Any) -> tuple[Any, dict[str, str]]:
         layer for layer in full.layers
         if len(getattr(layer.output, "shape", ())) == 3
         and not any(part in type(layer).__name__ for part in _NOT_BLOCKS)
-        # A whole encoder (ViT's) holds all the blocks, so it is none of them.
+        # A whole encoder holding all the blocks (of a transformer not rebuilt as a chain)
+        # is none of them.
         and not type(layer).__name__.endswith("Encoder")
     ]
     if _prefix_tokens(backbone) is not None:
-        # A transformer whose blocks run inside one encoder layer (ViT, DINOv3) has none
-        # to cut at: cut=None, or a layer name.
+        # A transformer not rebuilt as a chain whose blocks run inside one encoder layer
+        # has none to cut at: cut=None, or a layer name.
         blocks = {f"block{k}": layer.name for k, layer in enumerate(transformer_blocks, 1)}
     elif isinstance(pyramid, dict):
         names = {layer.name for layer in full.layers}

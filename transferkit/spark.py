@@ -8,7 +8,8 @@ every executor) or the bytes of image files, as the ``binaryFile`` source reads 
 
 The estimator travels as in :mod:`transferkit.dask`: an extractor whose parameters fix
 its weights is sent as its parameters and each worker loads the weights itself, from its
-own Keras cache or the weights file; a fitted classifier travels fitted. PySpark is
+own Keras cache or the weights file; a fitted classifier, or a fitted extractor of a
+keras-hub preset, travels fitted. PySpark is
 imported only when a column function is made; ``import transferkit.spark`` needs no Spark.
 """
 

@@ -50,14 +50,21 @@ def _portable(estimator: Any) -> Any:
     (a named backbone with ImageNet weights, a weights file or a seeded random
     initialisation; or a ``keras.Model`` backbone, which is itself a parameter) an unfitted
     copy gives the same features: it travels as parameters and each worker loads the
-    weights itself. Steps of a ``Pipeline`` are treated one by one; everything else
-    (a fitted classifier, a :class:`~transferkit.FineTunedClassifier`) travels as it is.
+    weights itself. A fitted extractor of a keras-hub preset travels fitted, with its
+    architecture and weights: the preset need not be on the workers. Steps of a
+    ``Pipeline`` are treated one by one; everything else (a fitted classifier, a
+    :class:`~transferkit.FineTunedClassifier`) travels as it is.
     """
     from sklearn.pipeline import Pipeline
 
     from .extractor import KerasFeatureExtractor
 
     if isinstance(estimator, KerasFeatureExtractor):
+        if getattr(estimator, "hub_preset_", None) is not None:
+            # A preset directory may be on no worker's disk, a preset name not in a worker's
+            # keras-hub cache with no internet to fetch it: the fitted extractor carries the
+            # preset's architecture and weights, so a worker needs neither.
+            return estimator
         unseeded_random = (
             isinstance(estimator.backbone, str)
             and estimator.weights is None
