@@ -278,6 +278,54 @@ def test_layer_decay_scales_the_learning_rate_of_each_lower_block(data):
     assert not np.allclose(kernel(decayed, "block2_conv2"), kernel(frozen, "block2_conv2"))
 
 
+def test_the_head_reads_every_second_block_end_below_the_cut():
+    import keras
+
+    from transferkit.finetune_network import head_block_layers
+
+    mobilenet = keras.applications.MobileNet(include_top=False, weights=None, alpha=0.25,
+                                             input_shape=(64, 64, 3))
+    below = head_block_layers(mobilenet, mobilenet.layers[-1], 3, module="mobilenet",
+                              name="MobileNet", backbone_kwargs={"alpha": 0.25})
+    assert [layer.name for layer in below] == ["conv_pw_9_relu", "conv_pw_11_relu"]
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    # Fewer blocks below the cut than asked for: as many as there are.
+    below = head_block_layers(vgg, vgg.get_layer("block3_pool"), 5, module="vgg16",
+                              name="VGG16", backbone_kwargs=None)
+    assert [layer.name for layer in below] == ["block1_pool"]
+    assert head_block_layers(vgg, vgg.get_layer("block3_pool"), 1, module="vgg16",
+                             name="VGG16", backbone_kwargs=None) == []
+
+
+@pytest.mark.parametrize("freeze_until", ["block2", None], ids=["frozen", "trained"])
+def test_the_head_reads_the_average_of_each_head_layer_concatenated(data, freeze_until):
+    import keras
+
+    X, y = data
+    clf = tiny(freeze_until=freeze_until, epochs=1, head_epochs=2).fit(X, y)
+    assert clf.head_layers_ == ["block1_pool", "block3_pool"]
+    # The same layers, with the fitted weights, in keras.applications' own VGG16.
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    fitted = {w.path.split("/")[-2] + "/" + w.name: w.numpy() for w in clf.model_.weights}
+    for layer in vgg.layers:
+        if layer.weights and f"{layer.name}/kernel" in fitted:  # up to the cut
+            layer.set_weights([fitted[f"{layer.name}/{w.name}"] for w in layer.weights])
+    maps = keras.Model(vgg.inputs, [vgg.get_layer(name).output for name in clf.head_layers_])
+    pixels = keras.applications.vgg16.preprocess_input(X.astype("float32"))
+    expected = np.concatenate([m.mean(axis=(1, 2)) for m in maps.predict(pixels, verbose=0)],
+                              axis=1)
+    network = clf._network
+    features = network.pooled_net.predict(network.prefix.predict(X, verbose=0), verbose=0)
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_head_blocks_1_reads_the_cut_alone(data):
+    clf = tiny(head_blocks=1, epochs=0).fit(*data)
+    assert clf.head_layers_ == ["block3_pool"]
+    head = clf.model_.get_layer("tuned").get_layer("head").get_layer("head_logits")
+    assert head.kernel.shape[0] == 256  # block3's channels
+
+
 def test_block_depths_count_the_blocks_between_a_layer_and_the_cut():
     import keras
 
@@ -602,6 +650,8 @@ def test_fine_tuning_learning_rate_decays_along_a_cosine(data):
 
 def test_logistic_head_is_a_cross_validated_logistic_regression(data):
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     X, y = data
     clf = tiny(head_init="logistic", epochs=0).fit(X, y)
@@ -610,11 +660,14 @@ def test_logistic_head_is_a_cross_validated_logistic_regression(data):
     assert head["C"] in set(np.logspace(-3, 2, 11))
     assert np.isfinite(head["initial_val_loss"])
     assert clf.score(X, y) >= 0.9
-    # It predicts as a logistic regression with that C on the pooled frozen features does
-    # (that one sees all the images, the head only the training split).
+    # It predicts as a logistic regression with that C on the pooled frozen features of
+    # its blocks, standardised, does (that one sees all the images, the head only the
+    # training split).
+    assert head["standardized"] and len(clf.head_layers_) == 2
     features = clf._network.pooled_net.predict(clf._network.prefix.predict(X, verbose=0),
                                               verbose=0)
-    reference = LogisticRegression(C=head["C"], max_iter=2000).fit(features, y)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=head["C"], max_iter=2000))
+    reference.fit(features, y)
     assert (clf.predict(X) == reference.predict(features)).mean() >= 0.9
     # The default, and with fine-tuning after it, still a working classifier.
     assert FineTunedClassifier().head_init == "logistic"
@@ -800,3 +853,27 @@ def test_logistic_head_leaves_out_views_that_hurt_it():
     history = _fit_head_on_views(-1.0)  # views whose classes look swapped
     assert history["views"] == 1
     assert history["cv_log_loss"]["central_crops_only"] < history["cv_log_loss"]["with_views"]
+
+
+def test_a_standardised_logistic_head_gives_the_logits_of_a_scaled_pipeline_on_raw_features():
+    import keras
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from transferkit.training import fit_logistic_head
+
+    rng = np.random.RandomState(0)
+    y = np.repeat([0, 1, 2], 20)
+    # Two blocks' features a hundred times apart in scale, as a middle and a last block.
+    features = np.hstack([rng.normal(size=(60, 4)) * 100 + y[:, None] * 60,
+                          rng.normal(size=(60, 4)) + y[:, None] * 0.6]).astype(np.float32)
+    inputs = keras.Input((8,))
+    head = keras.Model(inputs, keras.layers.Dense(3, name="head_logits")(inputs))
+    history = fit_logistic_head(head, features, y, np.ones(60), np.arange(60), None, None, 3,
+                                0, lambda message: None, C=0.5, standardize=True)
+    assert history["standardized"]
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000))
+    reference.fit(features, y)
+    np.testing.assert_allclose(head.predict(features, verbose=0),
+                               reference.decision_function(features), rtol=1e-4, atol=1e-3)

@@ -305,9 +305,10 @@ def test_the_command_line_lists_a_presets_cut_points(hub_presets, capsys):
     assert capsys.readouterr().out.split() == ["block1", "block2"]
 
 
-def test_openvino_runs_a_preset_as_tensorflow_does(hub_presets, images):
+@pytest.mark.parametrize("name", ["dinov2", "vit", "dinov3", "siglip", "clip", "resnet"])
+def test_openvino_runs_a_preset_as_tensorflow_does(hub_presets, images, name):
     pytest.importorskip("openvino")
-    directory = hub_presets["dinov2"][0]
+    directory = hub_presets[name][0]
     compiled = KerasFeatureExtractor(directory, runtime="openvino").fit_transform(images)
     traced = KerasFeatureExtractor(directory).fit_transform(images)
     np.testing.assert_allclose(compiled, traced, rtol=0, atol=1e-5)

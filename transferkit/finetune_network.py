@@ -14,6 +14,7 @@ batches (:mod:`transferkit.network`), the estimator's parameters or its fitted a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,7 +22,7 @@ from .keras_setup import seeded_keras_init
 from .network import NetworkLayout, build_trunk, pool
 
 __all__ = ["FineTuneNetwork", "block_depths", "build_finetune_network", "explanation_parts",
-           "reframed", "resolve_freeze"]
+           "head_block_layers", "reframed", "resolve_freeze"]
 
 
 @dataclass
@@ -67,6 +68,11 @@ class FineTuneNetwork:
         ``path``, the factor its learning rate is multiplied by (``layer_decay`` to the
         power of the number of blocks between it and the cut); weights absent from it,
         the last block's and the head's, learn at the full rate.
+    head_layers : tuple of str
+        The layers whose pooled outputs the head reads, concatenated in this order: block
+        ends below the cut (shallowest first), then the cut. Where some of them lie in
+        the frozen part, the prefix gives one flat row per image: its activations,
+        flattened, then those blocks' pooled outputs; ``trainable_net`` takes that row.
     """
 
     model: Any
@@ -84,6 +90,7 @@ class FineTuneNetwork:
     augmentations: tuple[str, ...]
     augment_seed: int
     learning_rate_scales: dict = field(default_factory=dict)
+    head_layers: tuple[str, ...] = ()
 
 
 def block_depths(full: Any, cut_layer: Any, layers: list, *, module: str, name: str,
@@ -103,6 +110,30 @@ def block_depths(full: Any, cut_layer: Any, layers: list, *, module: str, name: 
     ends = [position for position in ends if position < cut_position]
     return {layer.name: sum(position >= order[id(layer)] for position in ends)
             for layer in layers if id(layer) in order}
+
+
+def head_block_layers(full: Any, cut_layer: Any, head_blocks: int, *, module: str,
+                      name: str, backbone_kwargs: dict | None) -> list:
+    """The block ends below the cut whose pooled outputs the head reads besides the cut's.
+
+    ``head_blocks - 1`` of them, every second block end counting down from the cut
+    (blocks 11 and 9 of MobileNet's 13 for a cut at the last), shallowest first; fewer
+    where the backbone has fewer blocks below the cut. A middle block describes texture
+    and local pattern, which the last block of an ImageNet network has specialised away
+    (docs/benchmarks.rst, "A head on several blocks").
+    """
+    from .cut_points import list_cut_points, resolve_cut
+    from .hub_backbones import HUB_MODULE, hub_block_ends
+
+    if head_blocks <= 1:
+        return []
+    order = {id(op): i for i, op in enumerate(full.operations)}
+    blocks = (hub_block_ends(full) if module == HUB_MODULE
+              else list_cut_points(name, backbone_kwargs))
+    ends = sorted((resolve_cut(full, block, module) for block in blocks),
+                  key=lambda op: order[id(op)])
+    below = [op for op in ends if order[id(op)] < order[id(cut_layer)]]
+    return below[-2::-2][:head_blocks - 1][::-1]
 
 
 def resolve_freeze(full: Any, cut_layer: Any, freeze_until: Any, *, module: str, name: str,
@@ -153,6 +184,7 @@ def build_finetune_network(
     framing: float | None = None,
     hub_preset: dict | None = None,
     layer_decay: float = 1.0,
+    head_blocks: int = 1,
 ) -> FineTuneNetwork:
     """Build every network of a fine-tuned classifier; deterministic given ``seeds``.
 
@@ -164,7 +196,10 @@ def build_finetune_network(
     keeps (default: the first allowed; a fit that chooses between them calls
     :func:`reframed`); ``hub_preset`` is that of :func:`transferkit.network.build_trunk`.
     ``layer_decay``: each block below the last one trained learns at this factor of the
-    rate of the block above it (``learning_rate_scales``).
+    rate of the block above it (``learning_rate_scales``). ``head_blocks``: how many block
+    outputs the head reads, pooled and concatenated (:func:`head_block_layers`); the
+    frozen ones leave the prefix flattened behind its activations (see
+    :class:`FineTuneNetwork`).
 
     Returns
     -------
@@ -182,11 +217,36 @@ def build_finetune_network(
     freeze_layer = resolve_freeze(full, cut_layer, freeze_until, module=trunk.module,
                                   name=trunk.name, backbone_kwargs=backbone_kwargs, cut=cut)
 
+    extra = (head_block_layers(full, cut_layer, head_blocks, module=trunk.module,
+                               name=trunk.name, backbone_kwargs=backbone_kwargs)
+             if pooling is not None else [])
+    order = {id(op): i for i, op in enumerate(full.operations)}
+    # Blocks the head reads that come before the frozen part ends are computed (and
+    # cached) with it; the others by the trainable part.
+    frozen_extra = [layer for layer in extra if freeze_layer is not None
+                    and order[id(layer)] <= order[id(freeze_layer)]]
+    tuned_extra = [layer for layer in extra if layer not in frozen_extra]
+    tuned_outputs = [layer.output for layer in tuned_extra] + [cut_layer.output]
+    tuned_outputs = tuned_outputs if len(tuned_outputs) > 1 else tuned_outputs[0]
+
     pixels = keras.Input((size[0], size[1], 3), dtype="float32", name="pixels")
     preprocessed = trunk.preprocess(pixels)
+    frozen_shape = None  # of the frozen activations, when the prefix flattens them
     if freeze_layer is None:
         prefix = keras.Model(pixels, preprocessed, name="frozen")
-        suffix = keras.Model(full.inputs, cut_layer.output, name="trainable")
+        suffix = keras.Model(full.inputs, tuned_outputs, name="trainable")
+    elif frozen_extra:
+        head_of_trunk = keras.Model(
+            full.inputs, [freeze_layer.output, *(layer.output for layer in frozen_extra)])
+        activation, *maps = head_of_trunk(preprocessed)
+        frozen_shape = tuple(int(d) for d in activation.shape[1:])
+        # One row per image: every phase (the cached views, the validation inputs, the
+        # batches of a fine-tuning epoch) handles the frozen part's output as one array.
+        pooled_maps = [pool(m, pooling, trunk.prefix_tokens, suffix=f"_head_block_{k}")
+                       for k, m in enumerate(maps)]
+        flat = layers.Concatenate(name="frozen_outputs")(
+            [layers.Flatten(name="frozen_activations")(activation), *pooled_maps])
+        prefix = keras.Model(pixels, flat, name="frozen")
     else:
         head_of_trunk = keras.Model(full.inputs, freeze_layer.output)
         prefix = keras.Model(pixels, head_of_trunk(preprocessed), name="frozen")
@@ -194,7 +254,7 @@ def build_finetune_network(
         suffix = None  # everything is frozen: only the head is trained
     elif freeze_layer is not None:
         try:
-            suffix = keras.Model(freeze_layer.output, cut_layer.output, name="trainable")
+            suffix = keras.Model(freeze_layer.output, tuned_outputs, name="trainable")
         except ValueError as exc:
             raise ValueError(
                 f"freeze_until={freeze_until!r} (layer {freeze_layer.name!r}) does not "
@@ -211,10 +271,21 @@ def build_finetune_network(
 
     with seeded_keras_init(seeds["init"] + 1):
         activations = keras.Input(tuple(prefix.output.shape[1:]), name="frozen_output")
-        x = activations
+        x, frozen_features = activations, []
+        if frozen_shape is not None:
+            size_of = math.prod(frozen_shape)
+            x = layers.Reshape(frozen_shape, name="frozen_activations")(x[:, :size_of])
+            frozen_features = [activations[:, size_of:]]
         if suffix is not None:
-            x = suffix(activations, training=None if train_batchnorm else False)
+            x = suffix(x, training=None if train_batchnorm else False)
+        *tuned_maps, x = x if isinstance(x, (list, tuple)) else [x]
         x = pool(x, pooling, trunk.prefix_tokens)
+        if extra:
+            # Shallowest first, the cut's own features last.
+            tuned_features = [pool(m, pooling, trunk.prefix_tokens,
+                                   suffix=f"_head_block_{len(frozen_extra) + k}")
+                              for k, m in enumerate(tuned_maps)]
+            x = layers.Concatenate(name="head_blocks")([*frozen_features, *tuned_features, x])
         pooled_net = keras.Model(activations, x, name="pooled")
 
         regularizer = keras.regularizers.L2(head_l2) if head_l2 else None
@@ -248,7 +319,8 @@ def build_finetune_network(
                            head=head, layout=layout,
                            freeze_layer=None if freeze_layer is None else freeze_layer.name,
                            framing=framing, augmentations=augmentations,
-                           augment_seed=seeds["augment"], learning_rate_scales=scales)
+                           augment_seed=seeds["augment"], learning_rate_scales=scales,
+                           head_layers=(*(layer.name for layer in extra), cut_layer.name))
 
 
 def _pixel_networks(prefix: Any, trainable_net: Any, layout: NetworkLayout, framing: float,
@@ -306,9 +378,11 @@ def explanation_parts(model: Any) -> tuple[Any, Any]:
     Returns
     -------
     to_map : keras.Model
-        Images at the source size -> the cut layer's output for their central crop.
+        Images at the source size -> the cut layer's output for their central crop; for a
+        head that reads several blocks (``head_layers``), ``[that map, the pooled
+        features of the other blocks]``.
     to_logits : keras.Model
-        That map -> class scores before the softmax (pooling and head).
+        What ``to_map`` gives -> class scores before the softmax (pooling and head).
     """
     import keras
 
@@ -321,14 +395,35 @@ def explanation_parts(model: Any) -> tuple[Any, Any]:
     suffix = pooled.get_layer("trainable") if "trainable" in names else None
     pooling = [pooled.get_layer(name) for name in names
                if name in ("avg_pool", "max_pool", "flatten")]
+    block_pooling = sorted((layer for layer in pooled.layers
+                            if "_head_block_" in layer.name),
+                           key=lambda layer: int(layer.name.rsplit("_", 1)[1]))
     images = model.inputs[0]
     feature_map = prefix(central(images), training=False)
+    others = []
+    if "frozen_activations" in names:  # one flat row: activations, then pooled blocks
+        reshape = pooled.get_layer("frozen_activations")
+        size_of = math.prod(reshape.target_shape)
+        others.append(feature_map[:, size_of:])
+        feature_map = reshape(feature_map[:, :size_of])
     if suffix is not None:
         feature_map = suffix(feature_map, training=False)
-    to_map = keras.Model(images, feature_map, name="images_to_feature_map")
+        if isinstance(feature_map, (list, tuple)):
+            *maps, feature_map = feature_map
+            others.extend(layer(m) for layer, m in zip(block_pooling, maps, strict=True))
     spatial = keras.Input(tuple(feature_map.shape[1:]), name="feature_map")
     x = spatial
     for layer in pooling:
         x = layer(x)
-    to_logits = keras.Model(spatial, head(x, training=False), name="feature_map_to_logits")
+    if not others:
+        to_map = keras.Model(images, feature_map, name="images_to_feature_map")
+        to_logits = keras.Model(spatial, head(x, training=False),
+                                name="feature_map_to_logits")
+        return to_map, to_logits
+    rest = others[0] if len(others) == 1 else keras.layers.Concatenate()(others)
+    to_map = keras.Model(images, [feature_map, rest], name="images_to_feature_map")
+    blocks = keras.Input(tuple(rest.shape[1:]), name="other_blocks")
+    features = keras.layers.Concatenate()([blocks, x])
+    to_logits = keras.Model([spatial, blocks], head(features, training=False),
+                            name="feature_map_to_logits")
     return to_map, to_logits

@@ -90,7 +90,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "transferkit.estimator"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """Version of what a file holds, raised by every change to it: a member, a manifest field,
 a parameter or a fitted attribute of an estimator (then also give the new parameter its
 entry in :data:`VALUES_BEFORE_THEY_EXISTED`, and add fixtures of the new format to
@@ -101,6 +101,7 @@ entry in :data:`VALUES_BEFORE_THEY_EXISTED`, and add fixtures of the new format 
 2. ``manifest.sha256``; every parameter of the estimator is in the file.
 3. FineTunedClassifier's ``crop_fraction_`` (the framing ``crop_fraction="auto"`` chose).
 4. FineTunedClassifier's ``label_smoothing`` and ``layer_decay``.
+5. FineTunedClassifier's ``head_blocks`` (and ``head_layers_``, set again by every build).
 """
 
 ESTIMATORS = ("KerasFeatureExtractor", "FineTunedClassifier")

@@ -57,6 +57,8 @@ VALUES_BEFORE_THEY_EXISTED: dict[str, dict[str, Any]] = {
         # Format 4: the loss was the plain cross-entropy, every block learned at one rate.
         "label_smoothing": 0.0,
         "layer_decay": 1.0,
+        # Format 5: the head read the cut's pooled features alone.
+        "head_blocks": 1,
     },
 }
 """For each estimator, parameters and attributes added after its first release, mapped to

@@ -507,6 +507,7 @@ def fit_logistic_head(
     seed: int,
     log: Callable[[str], None],
     C: float | None = None,
+    standardize: bool = False,
 ) -> dict[str, Any]:
     """Set the linear head to a cross-validated L2 logistic regression on ``features``.
 
@@ -515,12 +516,23 @@ def fit_logistic_head(
     decides whether the views are learned from at all: ``history["views"]`` is 1 when the
     head learned from the central crops alone. With ``C`` given (a refit of a head whose
     penalty and views an earlier fit chose), one logistic regression with that inverse
-    penalty, no cross-validation.
+    penalty, no cross-validation. With ``standardize``, the regression is fitted on the
+    features standardised (each column by its mean and standard deviation over the rows
+    it learns from) and the scaling is folded into the head's weights: features of
+    several blocks differ in scale by more than an order of magnitude, and one penalty
+    then mostly silences the smaller ones.
     """
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedGroupKFold
 
     started = time.perf_counter()
+    mean, scale = np.zeros(features.shape[1]), np.ones(features.shape[1])
+    if standardize:
+        mean, scale = features.mean(axis=0), features.std(axis=0)
+        scale[scale == 0] = 1.0  # a constant column: nothing to learn from it either way
+        features = (features - mean) / scale
+        if val_features is not None:
+            val_features = (val_features - mean) / scale
     # Views of one image share a group: they must not be split between the folds, or
     # the cross-validation would score images the head has already seen.
     per_image = y[: len(np.unique(groups))]  # views repeat the images in order
@@ -569,7 +581,9 @@ def fit_logistic_head(
         C = 1.0
         model = LogisticRegression(C=C, max_iter=2000).fit(features, y, sample_weight=w)
         how = "the default penalty: a class has too few images to cross-validate"
-    coef, intercept = model.coef_, model.intercept_
+    # On the features as the network gives them: the standardisation folded in.
+    coef = model.coef_ / scale
+    intercept = model.intercept_ - coef @ mean
     if coef.shape[0] == 1:  # binary: one logit difference, split between two logits
         coef = np.concatenate([-coef / 2, coef / 2])
         intercept = np.concatenate([-intercept / 2, intercept / 2])
@@ -579,6 +593,7 @@ def fit_logistic_head(
     history: dict[str, Any] = {
         "loss": [], "accuracy": [], "seconds": [time.perf_counter() - started],
         "learning_rate": [], "C": C, "best_epoch": -1, "views": int(len(y) // len(per_image)),
+        "standardized": bool(standardize),
     }
     if history_cv is not None:
         history["cv_log_loss"] = history_cv

@@ -601,13 +601,15 @@ def _grad_cam(classifier: Any, image: Any, target: Any) -> dict[str, Any]:
 
     model = classifier.model_
     to_map, to_logits = explanation_parts(model)
-    x = tf.convert_to_tensor(pixels)
-    x = to_map(x, training=False)
+    x = to_map(tf.convert_to_tensor(pixels), training=False)
+    # A head that reads several blocks also takes their pooled features: constants here,
+    # since they do not depend on the cut's map.
+    x, others = (x[0], x[1:]) if isinstance(x, (list, tuple)) else (x, [])
     with tf.GradientTape() as tape:
         tape.watch(x)
         # Grad-CAM explains a score, not a probability: the softmax saturates and its
         # gradient vanishes for confident predictions.
-        scores = to_logits(x, training=False)
+        scores = to_logits([x, *others] if others else x, training=False)
         probabilities = tf.nn.softmax(scores).numpy()[0]
         expected = keras.ops.convert_to_numpy(model(pixels, training=False))[0]
         if not np.allclose(probabilities, expected, atol=1e-4):
