@@ -290,7 +290,12 @@ def build_finetune_network(
 
         regularizer = keras.regularizers.L2(head_l2) if head_l2 else None
         features = keras.Input((int(x.shape[-1]),), name="features")
-        h = layers.Dropout(dropout, seed=seeds["dropout"], name="head_dropout")(features)
+        h = features
+        if extra:
+            from .head_layers import Standardization
+
+            h = Standardization(name="head_standardize")(h)
+        h = layers.Dropout(dropout, seed=seeds["dropout"], name="head_dropout")(h)
         if hidden_units is not None:
             h = layers.Dense(hidden_units, activation="relu", name="head_hidden",
                              kernel_regularizer=regularizer)(h)

@@ -29,7 +29,7 @@ from .network import make_forward, run_batches
 
 __all__ = ["HEAD_CS", "AugmentedViewPass", "FrozenPass", "PhaseSettings", "TrainingStep",
            "ViewBank", "choose_framing", "clearly_lower", "fit_logistic_head", "frozen_pass",
-           "more_views", "train_phase"]
+           "more_views", "standardize_head", "train_phase"]
 
 # Inverse L2 strengths tried by the internal cross-validation of head_init="logistic".
 HEAD_CS = np.logspace(-3, 2, 11)
@@ -494,6 +494,27 @@ def choose_framing(features: dict[float, np.ndarray], y: np.ndarray, w: np.ndarr
     return chosen, losses
 
 
+def standardize_head(head: Any, features: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Set a head's standardisation to the columns of ``features``; return it as a function.
+
+    A head that reads several blocks (``head_standardize``, see
+    :class:`transferkit.finetune_network.Standardization`) divides each column by its
+    standard deviation over the rows it learns from, after taking the mean: the blocks'
+    features differ in scale by more than an order of magnitude, and one L2 penalty, or
+    one Adam step size, would otherwise mostly act on the smaller ones. A head without
+    one is left alone and the function returned is the identity.
+    """
+    names = {layer.name for layer in head.layers}
+    if "head_standardize" not in names:
+        return lambda rows: rows
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0)
+    scale[scale == 0] = 1.0  # a constant column: nothing to learn from it either way
+    head.get_layer("head_standardize").set_weights([mean.astype(np.float32),
+                                                    scale.astype(np.float32)])
+    return lambda rows: ((rows - mean) / scale).astype(np.float32)
+
+
 @_one_blas_thread
 def fit_logistic_head(
     head: Any,
@@ -507,7 +528,6 @@ def fit_logistic_head(
     seed: int,
     log: Callable[[str], None],
     C: float | None = None,
-    standardize: bool = False,
 ) -> dict[str, Any]:
     """Set the linear head to a cross-validated L2 logistic regression on ``features``.
 
@@ -516,23 +536,13 @@ def fit_logistic_head(
     decides whether the views are learned from at all: ``history["views"]`` is 1 when the
     head learned from the central crops alone. With ``C`` given (a refit of a head whose
     penalty and views an earlier fit chose), one logistic regression with that inverse
-    penalty, no cross-validation. With ``standardize``, the regression is fitted on the
-    features standardised (each column by its mean and standard deviation over the rows
-    it learns from) and the scaling is folded into the head's weights: features of
-    several blocks differ in scale by more than an order of magnitude, and one penalty
-    then mostly silences the smaller ones.
+    penalty, no cross-validation. ``features`` are what the ``head_logits`` layer takes:
+    standardised already where the head standardises (:func:`standardize_head`).
     """
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedGroupKFold
 
     started = time.perf_counter()
-    mean, scale = np.zeros(features.shape[1]), np.ones(features.shape[1])
-    if standardize:
-        mean, scale = features.mean(axis=0), features.std(axis=0)
-        scale[scale == 0] = 1.0  # a constant column: nothing to learn from it either way
-        features = (features - mean) / scale
-        if val_features is not None:
-            val_features = (val_features - mean) / scale
     # Views of one image share a group: they must not be split between the folds, or
     # the cross-validation would score images the head has already seen.
     per_image = y[: len(np.unique(groups))]  # views repeat the images in order
@@ -581,9 +591,7 @@ def fit_logistic_head(
         C = 1.0
         model = LogisticRegression(C=C, max_iter=2000).fit(features, y, sample_weight=w)
         how = "the default penalty: a class has too few images to cross-validate"
-    # On the features as the network gives them: the standardisation folded in.
-    coef = model.coef_ / scale
-    intercept = model.intercept_ - coef @ mean
+    coef, intercept = model.coef_, model.intercept_
     if coef.shape[0] == 1:  # binary: one logit difference, split between two logits
         coef = np.concatenate([-coef / 2, coef / 2])
         intercept = np.concatenate([-intercept / 2, intercept / 2])
@@ -593,7 +601,6 @@ def fit_logistic_head(
     history: dict[str, Any] = {
         "loss": [], "accuracy": [], "seconds": [time.perf_counter() - started],
         "learning_rate": [], "C": C, "best_epoch": -1, "views": int(len(y) // len(per_image)),
-        "standardized": bool(standardize),
     }
     if history_cv is not None:
         history["cv_log_loss"] = history_cv

@@ -1,0 +1,36 @@
+"""Keras layers of a fine-tuned classifier's head.
+
+Imported only where a head is built: this module defines Keras layers, and importing
+transferkit must not import Keras.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+__all__ = ["Standardization"]
+
+
+class Standardization(keras.layers.Layer):
+    """``(x - mean) / scale``, column by column, both fixed weights of the layer.
+
+    The head of a classifier that reads several blocks standardises their concatenated
+    features, whose scales differ by more than an order of magnitude between blocks.
+    :func:`transferkit.training.standardize_head` sets ``mean`` and ``scale`` from the
+    features the head learns from. A layer, not folded into the head's weights: the
+    fine-tuning phase then trains the head in the standardised space, where one Adam step
+    size suits every column (folded, the columns of large features get tiny weights,
+    which Adam's steps move by far more, relatively, than the others).
+    """
+
+    def build(self, input_shape: Any) -> None:
+        width = int(input_shape[-1])
+        self.mean = self.add_weight(shape=(width,), initializer="zeros", trainable=False,
+                                    name="mean")
+        self.scale = self.add_weight(shape=(width,), initializer="ones", trainable=False,
+                                     name="scale")
+
+    def call(self, inputs: Any) -> Any:
+        return (inputs - self.mean) / self.scale
