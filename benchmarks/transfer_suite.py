@@ -236,6 +236,9 @@ def fine_tuned(train, test, config: dict, seed: int) -> dict:
         "crop_fraction": clf.crop_fraction_,
         "n_trainable_weights": clf.n_trainable_weights_,
         "freeze_layer": clf.freeze_layer_,
+        # The blocks the head reads, and the cross-validation that chose them.
+        "head_layers": getattr(clf, "head_layers_", None),
+        "head_blocks_cv_log_loss": history.get("head_blocks", {}).get("cv_log_loss"),
     }
 
 

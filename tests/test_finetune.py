@@ -664,13 +664,19 @@ def test_logistic_head_is_a_cross_validated_logistic_regression(data):
     assert head["C"] in set(np.logspace(-3, 2, 11))
     assert np.isfinite(head["initial_val_loss"])
     assert clf.score(X, y) >= 0.9
-    # It predicts as a logistic regression with that C on the pooled frozen features of
-    # its blocks, standardised, does (that one sees all the images, the head only the
-    # training split).
-    assert len(clf.head_layers_) == 2
+    # It predicts as a logistic regression with that C on the pooled frozen features it
+    # reads does: every block standardised, or the cut's as they are (that one sees all
+    # the images, the head only the training split).
     features = clf._network.pooled_net.predict(clf._network.prefix.predict(X, verbose=0),
                                               verbose=0)
-    reference = make_pipeline(StandardScaler(), LogisticRegression(C=head["C"], max_iter=2000))
+    assert set(clf.history_["head_blocks"]["cv_log_loss"]) == {"every_block", "cut_alone"}
+    if clf.history_["head_blocks"]["every_block"]:
+        reference = make_pipeline(StandardScaler(),
+                                  LogisticRegression(C=head["C"], max_iter=2000))
+    else:
+        assert clf.head_layers_ == ["block3_pool"]
+        features = features[:, -256:]  # block 3's channels
+        reference = LogisticRegression(C=head["C"], max_iter=2000)
     reference.fit(features, y)
     assert (clf.predict(X) == reference.predict(features)).mean() >= 0.9
     # The default, and with fine-tuning after it, still a working classifier.
@@ -859,18 +865,22 @@ def test_logistic_head_leaves_out_views_that_hurt_it():
     assert history["cv_log_loss"]["central_crops_only"] < history["cv_log_loss"]["with_views"]
 
 
-def test_a_head_on_several_blocks_standardises_them_with_the_training_features(data):
+def test_a_head_on_several_blocks_standardises_them_with_the_training_features(
+        data, monkeypatch):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    # Whatever its cross-validation would say about these noise images' block 1.
+    _reading(0, monkeypatch)
     X, y = data
     # The whole image as the network sees it: the head learns from what prefix gives X.
     clf = tiny(**HEAD_ON_BLOCKS, head_init="logistic", epochs=0, early_stopping=False,
                crop_fraction=1.0).fit(X, y)
     network = clf._network
     features = network.pooled_net.predict(network.prefix.predict(X, verbose=0), verbose=0)
-    mean, scale = network.head.get_layer("head_standardize").get_weights()
+    mean, scale, keep = network.head.get_layer("head_standardize").get_weights()
+    assert keep.all() and clf.head_layers_ == ["block1_pool", "block3_pool"]
     np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-4, atol=1e-5)
     spread = features.std(axis=0)
     # A column that never changes (a channel no image activates) is left unscaled.
@@ -883,3 +893,80 @@ def test_a_head_on_several_blocks_standardises_them_with_the_training_features(d
     logits = network.head.predict(features, verbose=0)
     np.testing.assert_allclose(logits[:, 1] - logits[:, 0],
                                reference.decision_function(features), rtol=0.2)
+
+
+def _blocks_and_cut(block_signal: float, n_block_columns: int) -> dict:
+    """Pooled features of a middle block (``block_signal`` times the class signal, plus
+    noise, at 50 times the scale) and of the cut (a weak class signal), concatenated as a
+    head on both reads them; fitted by the logistic head, choosing its columns."""
+    import keras
+
+    from transferkit.head_layers import Standardization
+    from transferkit.training import fit_logistic_head, head_columns
+
+    rng = np.random.RandomState(0)
+    y = np.repeat([0, 1], 45)
+    sign = np.where(y[:, None] == 1, 1.0, -1.0)
+    block = 50 * (block_signal * sign + rng.normal(size=(90, n_block_columns)))
+    cut = 0.4 * sign + rng.normal(size=(90, 4))
+    features = np.hstack([block, cut]).astype(np.float32)
+    widths = (n_block_columns, 4)
+    inputs = keras.Input((features.shape[1],))
+    logits = keras.layers.Dense(2, name="head_logits")(
+        Standardization(name="head_standardize")(inputs))
+    head = keras.Model(inputs, logits)
+    keeps = [head_columns(widths, blocks=True), head_columns(widths, blocks=False)]
+    history = fit_logistic_head(head, features, y, np.ones(90), np.arange(90), None, None, 2,
+                                0, lambda message: None, keeps=keeps)
+    return {"history": history, "head": head, "features": features}
+
+
+def test_the_head_reads_a_middle_block_where_its_cross_validation_finds_it_helps():
+    fit = _blocks_and_cut(block_signal=1.0, n_block_columns=4)
+    every_block, cut_alone = fit["history"]["blocks_cv_log_loss"]
+    assert fit["history"]["blocks"] == 0 and every_block < cut_alone
+    mean, scale, keep = fit["head"].get_layer("head_standardize").get_weights()
+    assert keep.all()
+    np.testing.assert_allclose(scale, fit["features"].std(axis=0), rtol=1e-4)
+
+
+def test_the_head_reads_the_cut_alone_where_the_other_blocks_are_noise():
+    fit = _blocks_and_cut(block_signal=0.0, n_block_columns=40)
+    every_block, cut_alone = fit["history"]["blocks_cv_log_loss"]
+    assert fit["history"]["blocks"] == 1 and cut_alone < every_block
+    mean, scale, keep = fit["head"].get_layer("head_standardize").get_weights()
+    # The cut's columns as they are, the noise block's as zeros: a head on the cut alone.
+    np.testing.assert_array_equal(keep, [0.0] * 40 + [1.0] * 4)
+    np.testing.assert_array_equal(mean, 0.0)
+    np.testing.assert_array_equal(scale, 1.0)
+
+
+def _reading(index: int, monkeypatch) -> None:
+    """Make the classifier's head read every block (0) or the cut alone (1)."""
+    import transferkit.finetune as finetune
+
+    original = finetune.fit_logistic_head
+
+    def forced(*args, keeps, **kwargs):
+        return original(*args, keeps=[keeps[index]] if len(keeps) > 1 else keeps, **kwargs)
+
+    monkeypatch.setattr(finetune, "fit_logistic_head", forced)
+
+
+def test_a_head_that_reads_the_cut_alone_leaves_the_other_blocks_weights_at_zero(
+        data, monkeypatch, tmp_path):
+    from transferkit.persistence import load, save
+
+    _reading(1, monkeypatch)
+    X, y = data
+    # Without early stopping both fine-tuning epochs train, on every image.
+    clf = tiny(**HEAD_ON_BLOCKS, head_init="logistic", epochs=2, early_stopping=False)
+    clf.fit(X, y)
+    assert clf.head_layers_ == ["block3_pool"]
+    assert len(clf.history_["finetune"]["loss"]) == 2
+    kernel = clf.model_.get_layer("tuned").get_layer("head").get_layer("head_logits").kernel
+    block1_rows = kernel.numpy()[:64]  # block 1's 64 channels come first
+    np.testing.assert_array_equal(block1_rows, 0.0)
+    loaded = load(save(clf, tmp_path / "cut_alone.tkz"))
+    assert loaded.head_layers_ == ["block3_pool"]
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), atol=1e-6)

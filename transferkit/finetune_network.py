@@ -22,7 +22,8 @@ from .keras_setup import seeded_keras_init
 from .network import NetworkLayout, build_trunk, pool
 
 __all__ = ["FineTuneNetwork", "block_depths", "build_finetune_network", "explanation_parts",
-           "head_block_layers", "reframed", "resolve_freeze"]
+           "head_block_layers", "head_keep", "head_layers_read", "reframed",
+           "resolve_freeze"]
 
 
 @dataclass
@@ -69,10 +70,12 @@ class FineTuneNetwork:
         power of the number of blocks between it and the cut); weights absent from it,
         the last block's and the head's, learn at the full rate.
     head_layers : tuple of str
-        The layers whose pooled outputs the head reads, concatenated in this order: block
-        ends below the cut (shallowest first), then the cut. Where some of them lie in
-        the frozen part, the prefix gives one flat row per image: its activations,
+        The layers whose pooled outputs the head can read, concatenated in this order:
+        block ends below the cut (shallowest first), then the cut. Where some of them lie
+        in the frozen part, the prefix gives one flat row per image: its activations,
         flattened, then those blocks' pooled outputs; ``trainable_net`` takes that row.
+    head_widths : tuple of int
+        The number of columns of each of ``head_layers``.
     """
 
     model: Any
@@ -91,6 +94,7 @@ class FineTuneNetwork:
     augment_seed: int
     learning_rate_scales: dict = field(default_factory=dict)
     head_layers: tuple[str, ...] = ()
+    head_widths: tuple[int, ...] = ()
 
 
 def block_depths(full: Any, cut_layer: Any, layers: list, *, module: str, name: str,
@@ -232,6 +236,7 @@ def build_finetune_network(
     pixels = keras.Input((size[0], size[1], 3), dtype="float32", name="pixels")
     preprocessed = trunk.preprocess(pixels)
     frozen_shape = None  # of the frozen activations, when the prefix flattens them
+    frozen_widths: list[int] = []  # of the frozen blocks' pooled outputs it gives after them
     if freeze_layer is None:
         prefix = keras.Model(pixels, preprocessed, name="frozen")
         suffix = keras.Model(full.inputs, tuned_outputs, name="trainable")
@@ -244,6 +249,7 @@ def build_finetune_network(
         # batches of a fine-tuning epoch) handles the frozen part's output as one array.
         pooled_maps = [pool(m, pooling, trunk.prefix_tokens, suffix=f"_head_block_{k}")
                        for k, m in enumerate(maps)]
+        frozen_widths = [int(m.shape[-1]) for m in pooled_maps]
         flat = layers.Concatenate(name="frozen_outputs")(
             [layers.Flatten(name="frozen_activations")(activation), *pooled_maps])
         prefix = keras.Model(pixels, flat, name="frozen")
@@ -280,11 +286,14 @@ def build_finetune_network(
             x = suffix(x, training=None if train_batchnorm else False)
         *tuned_maps, x = x if isinstance(x, (list, tuple)) else [x]
         x = pool(x, pooling, trunk.prefix_tokens)
+        widths = [int(x.shape[-1])]
         if extra:
             # Shallowest first, the cut's own features last.
             tuned_features = [pool(m, pooling, trunk.prefix_tokens,
                                    suffix=f"_head_block_{len(frozen_extra) + k}")
                               for k, m in enumerate(tuned_maps)]
+            widths = [*frozen_widths, *(int(f.shape[-1]) for f in tuned_features),
+                      int(x.shape[-1])]
             x = layers.Concatenate(name="head_blocks")([*frozen_features, *tuned_features, x])
         pooled_net = keras.Model(activations, x, name="pooled")
 
@@ -325,7 +334,8 @@ def build_finetune_network(
                            freeze_layer=None if freeze_layer is None else freeze_layer.name,
                            framing=framing, augmentations=augmentations,
                            augment_seed=seeds["augment"], learning_rate_scales=scales,
-                           head_layers=(*(layer.name for layer in extra), cut_layer.name))
+                           head_layers=(*(layer.name for layer in extra), cut_layer.name),
+                           head_widths=tuple(widths))
 
 
 def _pixel_networks(prefix: Any, trainable_net: Any, layout: NetworkLayout, framing: float,
@@ -357,6 +367,28 @@ def _pixel_networks(prefix: Any, trainable_net: Any, layout: NetworkLayout, fram
                                   name="frozen_central"),
         "central_net": keras.Model(loaded, pixel_logits, name="central_pixels_to_logits"),
     }
+
+
+def head_keep(network: FineTuneNetwork) -> Any:
+    """The columns of its features that ``network``'s head reads, by the ``keep`` weights
+    of its standardisation; None for a head without one (it reads them all)."""
+    names = {layer.name for layer in network.head.layers}
+    if "head_standardize" not in names:
+        return None
+    return network.head.get_layer("head_standardize").get_weights()[2] > 0
+
+
+def head_layers_read(network: FineTuneNetwork) -> list[str]:
+    """The layers of ``network.head_layers`` whose columns its head reads
+    (:func:`head_keep`)."""
+    keep = head_keep(network)
+    if keep is None:
+        return list(network.head_layers)
+    starts = [0]
+    for width in network.head_widths:
+        starts.append(starts[-1] + width)
+    return [layer for k, layer in enumerate(network.head_layers)
+            if keep[starts[k]:starts[k + 1]].all()]
 
 
 def reframed(network: FineTuneNetwork, framing: float) -> FineTuneNetwork:

@@ -14,15 +14,17 @@ __all__ = ["Standardization"]
 
 
 class Standardization(keras.layers.Layer):
-    """``(x - mean) / scale``, column by column, both fixed weights of the layer.
+    """``(x - mean) / scale * keep``, column by column, all three fixed weights of the layer.
 
     The head of a classifier that reads several blocks standardises their concatenated
     features, whose scales differ by more than an order of magnitude between blocks.
-    :func:`transferkit.training.standardize_head` sets ``mean`` and ``scale`` from the
+    :func:`transferkit.training.set_head_standardization` sets ``mean`` and ``scale`` from the
     features the head learns from. A layer, not folded into the head's weights: the
     fine-tuning phase then trains the head in the standardised space, where one Adam step
     size suits every column (folded, the columns of large features get tiny weights,
-    which Adam's steps move by far more, relatively, than the others).
+    which Adam's steps move by far more, relatively, than the others). ``keep`` is 1 for
+    the columns the head reads and 0 for those of blocks its cross-validation left out:
+    their weights then get no gradient either, and stay zero.
     """
 
     def build(self, input_shape: Any) -> None:
@@ -31,6 +33,8 @@ class Standardization(keras.layers.Layer):
                                     name="mean")
         self.scale = self.add_weight(shape=(width,), initializer="ones", trainable=False,
                                      name="scale")
+        self.keep = self.add_weight(shape=(width,), initializer="ones", trainable=False,
+                                    name="keep")
 
     def call(self, inputs: Any) -> Any:
-        return (inputs - self.mean) / self.scale
+        return (inputs - self.mean) / self.scale * self.keep

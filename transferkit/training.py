@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,7 +29,8 @@ from .network import make_forward, run_batches
 
 __all__ = ["HEAD_CS", "AugmentedViewPass", "FrozenPass", "PhaseSettings", "TrainingStep",
            "ViewBank", "choose_framing", "clearly_lower", "fit_logistic_head", "frozen_pass",
-           "more_views", "standardize_head", "train_phase"]
+           "head_columns", "head_standardization", "more_views", "set_head_standardization",
+           "standardized", "standardizes", "train_phase"]
 
 # Inverse L2 strengths tried by the internal cross-validation of head_init="logistic".
 HEAD_CS = np.logspace(-3, 2, 11)
@@ -458,6 +459,31 @@ def _one_blas_thread(function: Callable) -> Callable:
     return with_one_thread
 
 
+def _cv_log_losses(candidates: dict[Any, np.ndarray], y: np.ndarray, w: np.ndarray,
+                   n_classes: int, seed: int) -> dict[Any, float] | None:
+    """The log-loss of the logistic head's cross-validation on each candidate's features.
+
+    The same stratified 3-fold split for every candidate, :data:`HEAD_CS` tried on each;
+    None with one candidate, or a class too small to cross-validate.
+    """
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    n_splits = int(min(3, np.bincount(y, minlength=n_classes).min()))
+    if len(candidates) == 1 or n_splits < 2:
+        return None
+    folds = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(
+        next(iter(candidates.values())), y))
+    losses = {}
+    for key, features in candidates.items():
+        fitted = LogisticRegressionCV(
+            Cs=HEAD_CS, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=2000, tol=1e-3,
+            use_legacy_attributes=False, cv=folds,
+        ).fit(features, y, sample_weight=w)
+        losses[key] = float(-np.asarray(fitted.scores_).mean(axis=0).max())
+    return losses
+
+
 @_one_blas_thread
 def choose_framing(features: dict[float, np.ndarray], y: np.ndarray, w: np.ndarray,
                    n_classes: int, seed: int,
@@ -470,49 +496,58 @@ def choose_framing(features: dict[float, np.ndarray], y: np.ndarray, w: np.ndarr
     on a tie. With one framing, or a class too small to cross-validate, the first framing
     and no scores.
     """
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
-
-    candidates = list(features)
-    n_splits = int(min(3, np.bincount(y, minlength=n_classes).min()))
-    if len(candidates) == 1 or n_splits < 2:
-        return candidates[0], None
     started = time.perf_counter()
-    folds = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(
-        features[candidates[0]], y))
-    losses = {}
-    for framing in candidates:
-        fitted = LogisticRegressionCV(
-            Cs=HEAD_CS, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=2000, tol=1e-3,
-            use_legacy_attributes=False, cv=folds,
-        ).fit(features[framing], y, sample_weight=w)
-        losses[framing] = float(-np.asarray(fitted.scores_).mean(axis=0).max())
+    candidates = list(features)
+    losses = _cv_log_losses(features, y, w, n_classes, seed)
+    if losses is None:
+        return candidates[0], None
     chosen = min(candidates, key=lambda framing: losses[framing])  # first on a tie
+    n_splits = int(min(3, np.bincount(y, minlength=n_classes).min()))
     scores = ", ".join(f"{framing:g}: {loss:.4f}" for framing, loss in losses.items())
     log(f"framing: crop_fraction={chosen:g}, by {n_splits}-fold CV log-loss ({scores}; "
         f"{time.perf_counter() - started:.1f} s)")
     return chosen, losses
 
 
-def standardize_head(head: Any, features: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """Set a head's standardisation to the columns of ``features``; return it as a function.
+def head_columns(widths: Sequence[int], blocks: bool) -> np.ndarray:
+    """Which columns of a head's features it reads: every block's (``blocks``), or the
+    cut's alone (the last ``widths[-1]``)."""
+    keep = np.ones(int(sum(widths)), dtype=bool)
+    if not blocks:
+        keep[:-widths[-1]] = False
+    return keep
 
-    A head that reads several blocks (``head_standardize``, see
-    :class:`transferkit.finetune_network.Standardization`) divides each column by its
-    standard deviation over the rows it learns from, after taking the mean: the blocks'
-    features differ in scale by more than an order of magnitude, and one L2 penalty, or
-    one Adam step size, would otherwise mostly act on the smaller ones. A head without
-    one is left alone and the function returned is the identity.
+
+def head_standardization(features: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(mean, scale, keep)`` of a head's standardisation for ``features``.
+
+    Every column standardised (its mean and standard deviation over ``features``) when
+    ``keep`` keeps them all; otherwise the kept columns pass as they are and the others
+    become zeros, which is what a head on the cut alone learns from.
     """
-    names = {layer.name for layer in head.layers}
-    if "head_standardize" not in names:
-        return lambda rows: rows
-    mean = features.mean(axis=0)
-    scale = features.std(axis=0)
-    scale[scale == 0] = 1.0  # a constant column: nothing to learn from it either way
-    head.get_layer("head_standardize").set_weights([mean.astype(np.float32),
-                                                    scale.astype(np.float32)])
-    return lambda rows: ((rows - mean) / scale).astype(np.float32)
+    mean, scale = np.zeros(features.shape[1]), np.ones(features.shape[1])
+    if keep.all():
+        mean, scale = features.mean(axis=0), features.std(axis=0)
+        scale[scale == 0] = 1.0  # a constant column: nothing to learn from it either way
+    return mean, scale, keep.astype(np.float64)
+
+
+def standardized(features: np.ndarray, standardization: tuple[np.ndarray, ...]) -> np.ndarray:
+    """``features`` through a head's standardisation (:func:`head_standardization`)."""
+    mean, scale, keep = standardization
+    return ((features - mean) / scale * keep).astype(np.float32)
+
+
+def set_head_standardization(head: Any, standardization: tuple[np.ndarray, ...]) -> None:
+    """Give a head's ``head_standardize`` layer (a
+    :class:`transferkit.head_layers.Standardization`) these ``(mean, scale, keep)``."""
+    head.get_layer("head_standardize").set_weights(
+        [np.asarray(part, dtype=np.float32) for part in standardization])
+
+
+def standardizes(head: Any) -> bool:
+    """Whether a head standardises its features (it can read several blocks)."""
+    return any(layer.name == "head_standardize" for layer in head.layers)
 
 
 @_one_blas_thread
@@ -528,6 +563,7 @@ def fit_logistic_head(
     seed: int,
     log: Callable[[str], None],
     C: float | None = None,
+    keeps: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Set the linear head to a cross-validated L2 logistic regression on ``features``.
 
@@ -536,61 +572,99 @@ def fit_logistic_head(
     decides whether the views are learned from at all: ``history["views"]`` is 1 when the
     head learned from the central crops alone. With ``C`` given (a refit of a head whose
     penalty and views an earlier fit chose), one logistic regression with that inverse
-    penalty, no cross-validation. ``features`` are what the ``head_logits`` layer takes:
-    standardised already where the head standardises (:func:`standardize_head`).
+    penalty, no cross-validation.
+
+    A head that standardises (:func:`standardizes`: it can read several blocks) takes
+    ``keeps``, the column sets it may read (:func:`head_columns`; the first, every block,
+    by default): the same cross-validation scores each, standardised as
+    :func:`head_standardization` says, with and without the views, and the lowest
+    log-loss wins (on a tie, the earlier set, and the views). ``history["blocks"]`` is
+    the index of the set read. Middle blocks help where the images differ from
+    ImageNet's objects (textures, scans, digits) and may only add noise where they do
+    not (hymenoptera's ants and bees are ImageNet classes): the data decides, together
+    with the views, whose worth depends on which blocks are read.
     """
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedGroupKFold
 
     started = time.perf_counter()
+    scaled = standardizes(head)
+    keeps = list(keeps) if keeps else [np.ones(features.shape[1], dtype=bool)]
+    if not scaled:
+        keeps = keeps[:1]
     # Views of one image share a group: they must not be split between the folds, or
     # the cross-validation would score images the head has already seen.
     per_image = y[: len(np.unique(groups))]  # views repeat the images in order
-    history_cv = None
+    n_images = len(per_image)
+    history_cv, blocks_cv, chosen = None, None, 0
+
+    def prepared(keep: np.ndarray, rows: int) -> tuple[np.ndarray, Any]:
+        if not scaled:
+            return features[:rows], None
+        standardization = head_standardization(features[:rows], keep)
+        return standardized(features[:rows], standardization), standardization
+
     n_splits = int(min(3, np.bincount(per_image, minlength=n_classes).min()))
     if C is not None:
         from sklearn.linear_model import LogisticRegression
 
-        model = LogisticRegression(C=C, max_iter=2000).fit(features, y, sample_weight=w)
+        X, standardization = prepared(keeps[0], len(features))
+        model = LogisticRegression(C=C, max_iter=2000).fit(X, y, sample_weight=w)
         how = "refit with the C chosen before"
     elif n_splits >= 2:
         # Scored on the central crops of the held-out images only: those are what
         # predict sees, and augmented views are harder, which would favour a head
         # regularised for images it is never asked about.
-        n_images = len(per_image)
         cv = [(train, test[test < n_images]) for train, test in
               StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
               .split(features, y, groups)]
         # tol 1e-3 rather than 1e-4: on 240 digit images x 9 views, 10 classes, the 33
         # fits took 8.6 s instead of 23 s and chose the same C; the penalty, not the last
         # digits of the optimum, is what the cross-validation decides.
-        def cross_validated(rows: int) -> tuple[Any, float]:
+        def cross_validated(keep: np.ndarray, rows: int) -> tuple[Any, float, Any]:
+            X, standardization = prepared(keep, rows)
             fitted = LogisticRegressionCV(
                 Cs=HEAD_CS, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=2000,
                 tol=1e-3, use_legacy_attributes=False,
                 cv=[(train[train < rows], test) for train, test in cv],
-            ).fit(features[:rows], y[:rows], sample_weight=w[:rows])
-            return fitted, float(-np.asarray(fitted.scores_).mean(axis=0).max())
+            ).fit(X, y[:rows], sample_weight=w[:rows])
+            loss = float(-np.asarray(fitted.scores_).mean(axis=0).max())
+            return fitted, loss, standardization
 
-        model, cv_loss = cross_validated(len(features))
+        # Whether the views help is measured, not assumed: random crops and flips teach
+        # invariances some images do not have (a cropped or mirrored digit is another
+        # digit). The same folds, scored on the same central crops.
+        row_counts = [len(features)] + ([n_images] if len(features) > n_images else [])
+        results = {(k, rows): cross_validated(keep, rows)
+                   for k, keep in enumerate(keeps) for rows in row_counts}
+        best = min(results, key=lambda key: results[key][1])  # the first on a tie
+        chosen, rows = best
+        model, _, standardization = results[best]
+        if len(row_counts) > 1:
+            history_cv = {"with_views": results[(chosen, len(features))][1],
+                          "central_crops_only": results[(chosen, n_images)][1]}
+        if len(keeps) > 1:
+            blocks_cv = [min(results[(k, r)][1] for r in row_counts)
+                         for k in range(len(keeps))]
         how = f"{n_splits}-fold CV"
-        if len(features) > n_images:
-            # Whether the views help is measured, not assumed: random crops and flips
-            # teach invariances some images do not have (a cropped or mirrored digit is
-            # another digit). The same folds, scored on the same central crops.
-            central, central_loss = cross_validated(n_images)
-            history_cv = {"with_views": cv_loss, "central_crops_only": central_loss}
-            if central_loss < cv_loss:
-                model, features, y = central, features[:n_images], y[:n_images]
-                how += (f"; without the views, which raised its log-loss from "
-                        f"{central_loss:.4f} to {cv_loss:.4f}")
+        if rows < len(features):
+            y, w = y[:rows], w[:rows]
+            how += (f"; without the views, which raised its log-loss from "
+                    f"{history_cv['central_crops_only']:.4f} to {history_cv['with_views']:.4f}")
+        if blocks_cv is not None:
+            how += ("; " + ", ".join(f"{'every block' if k == 0 else 'the cut alone'} "
+                                     f"{loss:.4f}" for k, loss in enumerate(blocks_cv))
+                    + f": {'every block' if chosen == 0 else 'the cut alone'}")
         C = float(np.ravel(model.C_)[0])
     else:  # a class too small to cross-validate: the usual default penalty
         from sklearn.linear_model import LogisticRegression
 
         C = 1.0
-        model = LogisticRegression(C=C, max_iter=2000).fit(features, y, sample_weight=w)
+        X, standardization = prepared(keeps[0], len(features))
+        model = LogisticRegression(C=C, max_iter=2000).fit(X, y, sample_weight=w)
         how = "the default penalty: a class has too few images to cross-validate"
+    if scaled:
+        set_head_standardization(head, standardization)
     coef, intercept = model.coef_, model.intercept_
     if coef.shape[0] == 1:  # binary: one logit difference, split between two logits
         coef = np.concatenate([-coef / 2, coef / 2])
@@ -601,11 +675,15 @@ def fit_logistic_head(
     history: dict[str, Any] = {
         "loss": [], "accuracy": [], "seconds": [time.perf_counter() - started],
         "learning_rate": [], "C": C, "best_epoch": -1, "views": int(len(y) // len(per_image)),
+        "blocks": chosen,
     }
     if history_cv is not None:
         history["cv_log_loss"] = history_cv
+    if blocks_cv is not None:
+        history["blocks_cv_log_loss"] = blocks_cv
     if val_features is not None:
-        log_probs = model.predict_log_proba(val_features)
+        X_val = val_features if not scaled else standardized(val_features, standardization)
+        log_probs = model.predict_log_proba(X_val)
         history["initial_val_loss"] = float(-log_probs[np.arange(len(y_val)), y_val].mean())
         history.update(val_loss=[], val_accuracy=[])
     log(f"head: logistic regression on {len(per_image)} images x {history['views']} "
