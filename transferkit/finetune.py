@@ -764,8 +764,16 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
                           f"drawing the other {n_views - first_views}")
                 frozen = more_views(frozen, view_network, images, n_views - first_views,
                                     settings, seeds["shuffle"])
+                # The blocks it reads were decided with the views tried (the scores are
+                # kept): comparing them again on four times the rows would double the
+                # most expensive cross-validation of the fit.
+                decided = head_history
                 head_history = self._fit_head(frozen, train_idx, val_idx, y_code, weight,
-                                              self.head_epochs, shuffle_rng, settings)
+                                              self.head_epochs, shuffle_rng, settings,
+                                              keep=head_keep(network))
+                if "blocks_cv_log_loss" in decided:
+                    head_history["blocks_cv_log_loss"] = decided["blocks_cv_log_loss"]
+                    head_history["blocks"] = decided["blocks"]
             else:
                 head_history["views_tried"] = first_views
                 self._log(f"views: the head did better without the {first_views} augmented "
