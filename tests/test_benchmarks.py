@@ -170,3 +170,28 @@ def test_transfer_suite_runs_the_methods_asked_with_the_variant_asked(tmp_path):
     # Only the targets the methods run allow are judged.
     assert set(summary["targets_met"]) == {"hand_probe_plus_0.02",
                                            "finetune_epoch_kept_every_seed"}
+
+
+def test_head_blocks_compares_the_last_block_with_several_on_a_folder_of_classes(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for label, low in (("dark", 0), ("bright", 150)):
+        (tmp_path / label).mkdir()
+        for i in range(8):
+            pixels = rng.integers(low, low + 100, size=(40, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / label / f"{i}.png")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "head_blocks.py"), str(tmp_path), "--quick"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["quick"] is True and report["seeds"] == [0]
+    results = report["results"]
+    assert results["hand_probe"]["blocks"] == ["conv_pw_13"]
+    assert results["every second, three, std"]["blocks"] == ["conv_pw_9", "conv_pw_11",
+                                                              "conv_pw_13"]
+    for row in results.values():
+        assert len(row["accuracy"]) == 1 and 0 <= row["mean_accuracy"] <= 1
