@@ -17,14 +17,16 @@ class Standardization(keras.layers.Layer):
     """``(x - mean) / scale * keep``, column by column, all three fixed weights of the layer.
 
     The head of a classifier that reads several blocks standardises their concatenated
-    features, whose scales differ by more than an order of magnitude between blocks.
-    :func:`transferkit.training.set_head_standardization` sets ``mean`` and ``scale`` from the
+    features: a middle block's columns vary less from image to image than the last
+    block's (on DTD with MobileNet, a median standard deviation of 0.30 for block 9 against
+    0.79 for block 13), and one L2 penalty then leaves their variation mostly unused.
+    :func:`transferkit.training.set_head_standardization` sets the weights from the
     features the head learns from. A layer, not folded into the head's weights: the
-    fine-tuning phase then trains the head in the standardised space, where one Adam step
-    size suits every column (folded, the columns of large features get tiny weights,
-    which Adam's steps move by far more, relatively, than the others). ``keep`` is 1 for
-    the columns the head reads and 0 for those of blocks its cross-validation left out:
-    their weights then get no gradient either, and stay zero.
+    fine-tuning phase then trains the head in the standardised space, where Adam's steps,
+    about the same size for every weight, are the same relative size for every column
+    (folded, the weights take each column's scale). ``keep`` is 1 for the columns the head
+    reads and 0 for those of blocks its cross-validation left out: their weights then get
+    no gradient either, and stay zero.
     """
 
     def build(self, input_shape: Any) -> None:
