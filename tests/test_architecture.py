@@ -19,8 +19,8 @@ PACKAGE = REPO / "transferkit"
 LAYERS = [
     {"keras_setup", "parameters", "pickling", "plain_data", "model_file", "weights_files",
      "console", "advice", "backbone_table"},
-    {"backbones", "hub_backbones", "cut_points", "augmentation", "batchnorm_folding",
-     "openvino_runtime", "image_input", "cache"},
+    {"backbones", "hub_backbones", "cut_points", "augmentation", "head_layers",
+     "batchnorm_folding", "openvino_runtime", "image_input", "cache"},
     {"network"},
     {"finetune_network", "training"},
     {"persistence"},

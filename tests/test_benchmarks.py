@@ -110,15 +110,20 @@ def test_cli_startup_times_each_command_and_counts_what_it_imports():
     assert positive(report["python_startup_seconds"])
 
 
-def test_transfer_suite_runs_the_four_methods_on_a_folder_of_classes(tmp_path):
+def _class_folders(folder, darkest: dict[str, int], n_per_class: int, seed: int) -> None:
+    """``folder/<class>/<i>.png``: noise images whose brightness starts at the class's."""
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    for label, low in (("dark", 0), ("bright", 150), ("mid", 70)):
-        (tmp_path / label).mkdir()
-        for i in range(8):
+    rng = np.random.default_rng(seed)
+    for label, low in darkest.items():
+        (folder / label).mkdir()
+        for i in range(n_per_class):
             pixels = rng.integers(low, low + 100, size=(40, 48, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / label / f"{i}.png")
+            Image.fromarray(pixels).save(folder / label / f"{i}.png")
+
+
+def test_transfer_suite_runs_the_four_methods_on_a_folder_of_classes(tmp_path):
+    _class_folders(tmp_path, {"dark": 0, "bright": 150, "mid": 70}, 8, seed=0)
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "transfer_suite.py"), str(tmp_path),
          "--quick"],
@@ -141,14 +146,7 @@ def test_transfer_suite_runs_the_four_methods_on_a_folder_of_classes(tmp_path):
 
 
 def test_transfer_suite_runs_the_methods_asked_with_the_variant_asked(tmp_path):
-    from PIL import Image
-
-    rng = np.random.default_rng(1)
-    for label, low in (("dark", 0), ("bright", 150)):
-        (tmp_path / label).mkdir()
-        for i in range(6):
-            pixels = rng.integers(low, low + 100, size=(40, 48, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / label / f"{i}.png")
+    _class_folders(tmp_path, {"dark": 0, "bright": 150}, 6, seed=1)
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "transfer_suite.py"), str(tmp_path),
          "--quick", "--methods", "fine_tuned", "hand_probe",
@@ -173,14 +171,7 @@ def test_transfer_suite_runs_the_methods_asked_with_the_variant_asked(tmp_path):
 
 
 def test_head_blocks_compares_the_last_block_with_several_on_a_folder_of_classes(tmp_path):
-    from PIL import Image
-
-    rng = np.random.default_rng(2)
-    for label, low in (("dark", 0), ("bright", 150)):
-        (tmp_path / label).mkdir()
-        for i in range(8):
-            pixels = rng.integers(low, low + 100, size=(40, 48, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / label / f"{i}.png")
+    _class_folders(tmp_path, {"dark": 0, "bright": 150}, 8, seed=2)
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "head_blocks.py"), str(tmp_path), "--quick"],
         capture_output=True, text=True, timeout=600,

@@ -598,6 +598,18 @@ def test_auto_framing_sees_the_whole_image_where_the_border_holds_the_classes(fr
     assert clf.score(X, y) == 1.0
 
 
+def test_openvino_predicts_a_whole_image_framing_as_tensorflow_does(framed_fit):
+    pytest.importorskip("openvino")
+    clf, X, _ = framed_fit
+    # The whole image, loaded larger than the input, is resized with antialiasing: an
+    # operation OpenVINO's converter cannot take, so the view stays with TensorFlow.
+    compiled = pickle.loads(pickle.dumps(clf.set_params(runtime="openvino")))
+    clf.set_params(runtime="tensorflow")
+    assert compiled.crop_fraction_ == 1.0
+    assert type(compiled._forward.rest).__name__ == "_OpenVINOForward"
+    np.testing.assert_allclose(compiled.predict_proba(X), clf.predict_proba(X), atol=1e-5)
+
+
 def test_a_chosen_framing_survives_pickling(framed_fit):
     clf, X, _ = framed_fit
     restored = pickle.loads(pickle.dumps(clf))

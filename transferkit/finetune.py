@@ -35,6 +35,7 @@ from .finetune_network import (
     head_keep,
     head_layers_read,
     reframed,
+    view_and_rest,
 )
 from .image_input import as_image_collection
 from .network import POOLINGS, make_forward, run_batches
@@ -70,6 +71,16 @@ _DECODED_PIXELS_MAX_BYTES = 2**30
 _FROZEN_ACTIVATIONS_MAX_BYTES = 2**31
 # Augmented views a logistic head's cross-validation tries before the rest are drawn.
 _VIEWS_TO_DECIDE = 2
+
+
+class _ViewThenRest:
+    """``predict``'s forward pass in two parts: the central view, then the rest."""
+
+    def __init__(self, view: Any, rest: Any) -> None:
+        self.view, self.rest = view, rest
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.rest(self.view(batch))
 
 
 def _unit_mean(weight: np.ndarray) -> np.ndarray:
@@ -584,7 +595,13 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
     def _use_runtime(self) -> None:
         """Run ``predict`` with ``runtime``, on the final weights of ``model_``."""
         if self.runtime != "tensorflow":
-            self._forward = make_forward(self.model_, self.source_size_, runtime=self.runtime)
+            # The central view stays with TensorFlow: the antialiased resize of a whole
+            # image loaded larger than the input (crop_fraction_=1.0) is an operation
+            # OpenVINO's converter has no rule for (ScaleAndTranslate).
+            view, rest = view_and_rest(self.model_)
+            self._forward = _ViewThenRest(
+                make_forward(view, self.source_size_),
+                make_forward(rest, self.input_size_, runtime=self.runtime))
 
     def _use_framing(self, framing: float) -> None:
         """Predict with the central view of ``framing``, on the same weights."""

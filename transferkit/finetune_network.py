@@ -23,7 +23,7 @@ from .network import NetworkLayout, build_trunk, pool
 
 __all__ = ["FineTuneNetwork", "block_depths", "build_finetune_network", "explanation_parts",
            "head_block_layers", "head_keep", "head_layers_read", "reframed",
-           "resolve_freeze"]
+           "resolve_freeze", "view_and_rest"]
 
 
 @dataclass
@@ -402,6 +402,29 @@ def reframed(network: FineTuneNetwork, framing: float) -> FineTuneNetwork:
     return replace(network, framing=framing,
                    **_pixel_networks(network.prefix, network.trainable_net, network.layout,
                                      framing, network.augmentations, network.augment_seed))
+
+
+def view_and_rest(model: Any) -> tuple[Any, Any]:
+    """Split a fitted classifier's ``model_`` after its central view.
+
+    Returns
+    -------
+    view : keras.Model
+        Images at the source size -> their central view at the input size.
+    rest : keras.Model
+        That view -> class probabilities (frozen part, trainable part, head, softmax).
+    """
+    import keras
+
+    central = model.get_layer("central_crop")
+    prefix, tuned = model.get_layer("frozen"), model.get_layer("tuned")
+    softmax = model.get_layer("probabilities")
+    images = model.inputs[0]
+    view = keras.Model(images, central(images), name="central_view")
+    pixels = keras.Input(tuple(view.output.shape[1:]), name="view_pixels")
+    rest = keras.Model(pixels, softmax(tuned(prefix(pixels, training=False), training=False)),
+                       name=f"{model.name}_after_view")
+    return view, rest
 
 
 def explanation_parts(model: Any) -> tuple[Any, Any]:
