@@ -459,31 +459,6 @@ def _one_blas_thread(function: Callable) -> Callable:
     return with_one_thread
 
 
-def _cv_log_losses(candidates: dict[Any, np.ndarray], y: np.ndarray, w: np.ndarray,
-                   n_classes: int, seed: int) -> dict[Any, float] | None:
-    """The log-loss of the logistic head's cross-validation on each candidate's features.
-
-    The same stratified 3-fold split for every candidate, :data:`HEAD_CS` tried on each;
-    None with one candidate, or a class too small to cross-validate.
-    """
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
-
-    n_splits = int(min(3, np.bincount(y, minlength=n_classes).min()))
-    if len(candidates) == 1 or n_splits < 2:
-        return None
-    folds = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(
-        next(iter(candidates.values())), y))
-    losses = {}
-    for key, features in candidates.items():
-        fitted = LogisticRegressionCV(
-            Cs=HEAD_CS, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=2000, tol=1e-3,
-            use_legacy_attributes=False, cv=folds,
-        ).fit(features, y, sample_weight=w)
-        losses[key] = float(-np.asarray(fitted.scores_).mean(axis=0).max())
-    return losses
-
-
 @_one_blas_thread
 def choose_framing(features: dict[float, np.ndarray], y: np.ndarray, w: np.ndarray,
                    n_classes: int, seed: int,
@@ -496,13 +471,24 @@ def choose_framing(features: dict[float, np.ndarray], y: np.ndarray, w: np.ndarr
     on a tie. With one framing, or a class too small to cross-validate, the first framing
     and no scores.
     """
-    started = time.perf_counter()
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
     candidates = list(features)
-    losses = _cv_log_losses(features, y, w, n_classes, seed)
-    if losses is None:
-        return candidates[0], None
-    chosen = min(candidates, key=lambda framing: losses[framing])  # first on a tie
     n_splits = int(min(3, np.bincount(y, minlength=n_classes).min()))
+    if len(candidates) == 1 or n_splits < 2:
+        return candidates[0], None
+    started = time.perf_counter()
+    folds = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(
+        features[candidates[0]], y))
+    losses = {}
+    for framing in candidates:
+        fitted = LogisticRegressionCV(
+            Cs=HEAD_CS, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=2000, tol=1e-3,
+            use_legacy_attributes=False, cv=folds,
+        ).fit(features[framing], y, sample_weight=w)
+        losses[framing] = float(-np.asarray(fitted.scores_).mean(axis=0).max())
+    chosen = min(candidates, key=lambda framing: losses[framing])  # first on a tie
     scores = ", ".join(f"{framing:g}: {loss:.4f}" for framing, loss in losses.items())
     log(f"framing: crop_fraction={chosen:g}, by {n_splits}-fold CV log-loss ({scores}; "
         f"{time.perf_counter() - started:.1f} s)")
