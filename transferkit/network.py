@@ -494,7 +494,8 @@ class StagedBackbone:
         resumable = articulation_names(backbone)
         candidates = [i for i, name in enumerate(self.boundaries[:-1]) if name in resumable]
         self.resume_points = tuple(candidates[step - 1::step])
-        self._passes: dict[tuple, Callable[[Any], Any]] = {}
+        self._passes: dict[tuple, tuple[Callable[[Any], Any], tuple[int, ...]]] = {}
+        self._chains: dict[tuple, Pass] = {}
         self._folded: Any = None
         self._lock = threading.Lock()
 
@@ -509,7 +510,8 @@ class StagedBackbone:
         return self._folded
 
     def _pass(self, start: int | None, end: int, activation: bool,
-              tapped: tuple[int, ...]) -> Callable[[Any], Any]:
+              tapped: tuple[int, ...]) -> tuple[Callable[[Any], Any], tuple[int, ...]]:
+        """One stage's traced network, and the shape of one input to it."""
         key = (start, end, activation, tapped)
         with self._lock:
             if key not in self._passes:
@@ -521,7 +523,7 @@ class StagedBackbone:
                     keep=self.boundaries[end] if activation else None)
                 shape = (self.source_size if start is None
                          else tuple(int(d) for d in network.inputs[0].shape[1:]))
-                self._passes[key] = make_forward(network, shape, tensors=True)
+                self._passes[key] = (make_forward(network, shape, tensors=True), shape)
             return self._passes[key]
 
     def kept_point(self, start: int | None, last: int) -> int | None:
@@ -535,34 +537,61 @@ class StagedBackbone:
 
         It gives the average and the maximum of each boundary of ``tapped`` (indices after
         ``start``, up to ``last``), shallowest first, then, if ``keep``, the activation at
-        :meth:`kept_point` (None when there is none). Pooling every boundary crossed would
-        cost a third more than the pass itself (each pooled map leaves the fused kernels'
-        memory layout); the feature cache asks for its resume points and the cuts.
-        """
-        import keras
+        :meth:`kept_point` (nothing when no resume point is crossed). Pooling every boundary
+        crossed would cost a third more than the pass itself (each pooled map leaves the
+        fused kernels' memory layout); the feature cache asks for its resume points and the
+        cuts.
 
+        From the pixels, the stages run inside one traced function, each stage a graph of
+        its own (see :func:`make_forward`'s ``tensors``): calling them one by one from Python
+        cost a plain transform of MobileNetV2 some 10% over one network, at the default
+        batch of 8. Either way every stage is the same graph, so the features are the same.
+        """
+        key = (start, last, tuple(sorted(set(tapped))), keep)
+        with self._lock:
+            if key in self._chains:
+                return self._chains[key]
         stops = [p for p in self.resume_points
                  if (start is None or p > start) and p < last] + [last]
         kept_at = self.kept_point(start, last)
+        stages = []
+        begin = start
+        for stop in stops:
+            activation = stop != last or (keep and stop == kept_at)
+            inside = tuple(i for i in key[2] if (begin is None or i > begin) and i <= stop)
+            stages.append((*self._pass(begin, stop, activation, inside), activation))
+            begin = stop
+        chain = StageChain([(run, activation) for run, _, activation in stages],
+                           keep=keep and kept_at is not None)
+        # Tracing a chain costs about 0.3 s (MobileNetV2), once: worth it from the pixels,
+        # where a plain transform runs every stage of every image; not for the many small
+        # resumed computations of a search, each a new chain of a few stages.
+        forward = (make_forward(chain, stages[0][1]) if start is None and len(stages) > 1
+                   else lambda batch: _to_numpy(chain(batch)))
+        with self._lock:
+            return self._chains.setdefault(key, forward)
 
-        def run(batch: Any) -> list[Any]:
-            outputs: list[Any] = []
-            x, begin, kept = batch, start, None
-            for stop in stops:
-                activation = stop != last or (keep and stop == kept_at)
-                inside = tuple(sorted(i for i in set(tapped)
-                                      if (begin is None or i > begin) and i <= stop))
-                results = self._pass(begin, stop, activation, inside)(x)
-                results = list(results) if isinstance(results, (list, tuple)) else [results]
-                if activation:
-                    x = kept = results.pop()
-                outputs.extend(keras.ops.convert_to_numpy(t) for t in results)
-                begin = stop
-            if keep:
-                outputs.append(None if kept is None else keras.ops.convert_to_numpy(kept))
-            return outputs
 
-        return run
+class StageChain:
+    """The stages of one :meth:`StagedBackbone.forward`, run one after the other.
+
+    An object, not a closure, for the reason of :class:`transferkit.keras_setup.ForwardPass`.
+    Gives the pooled outputs of every stage in order, then, if ``keep``, the last activation
+    handed on.
+    """
+
+    def __init__(self, stages: Sequence[tuple[Callable[[Any], Any], bool]], keep: bool) -> None:
+        self.stages, self.keep = list(stages), keep
+
+    def __call__(self, x: Any) -> list[Any]:
+        outputs: list[Any] = []
+        for run, activation in self.stages:
+            results = run(x)
+            results = list(results) if isinstance(results, (list, tuple)) else [results]
+            if activation:
+                x = results.pop()
+            outputs.extend(results)
+        return [*outputs, x] if self.keep else outputs
 
 
 def several_maps_error(cut: Any) -> ValueError:
@@ -634,8 +663,11 @@ def make_forward(network: Any, size: tuple[int, ...] | None = None, *,
     lazy : bool, default=False
         Convert, fold and trace at the first call (:class:`LazyPass`), not now.
     tensors : bool, default=False
-        Give the backend's tensors, not ndarrays: for a pass whose output goes on to the
-        next pass (:class:`StagedBackbone`), never copied to the host in between.
+        Give the backend's tensors, not ndarrays: for a stage whose output goes on to the
+        next stage (:class:`StagedBackbone`), never copied to the host in between. Such a
+        stage stays a graph of its own when a traced function calls it (TensorFlow would
+        otherwise inline it and optimise across stages): an activation is then computed the
+        same way whether it is the graph's input (resumed from the cache) or made inside it.
 
     Returns
     -------
@@ -659,12 +691,13 @@ def make_forward(network: Any, size: tuple[int, ...] | None = None, *,
         logger.debug("folded %d BatchNormalization layers for inference", n_folded)
     call = ForwardPass(network) if is_keras_model(network) else network
     if keras.backend.backend() != "tensorflow":
-        return call if tensors else lambda batch: keras.ops.convert_to_numpy(call(batch))
+        return call if tensors else lambda batch: _to_numpy(call(batch))
     import tensorflow as tf
 
     shape = None if size is None else (*size, 3) if len(size) == 2 else tuple(size)
     signature = None if shape is None else [tf.TensorSpec((None, *shape), tf.float32)]
-    compiled = tf.function(call, input_signature=signature, reduce_retracing=True)
+    compiled = tf.function(call, input_signature=signature, reduce_retracing=True,
+                           experimental_attributes={"_noinline": True} if tensors else None)
     if tensors:
         return compiled
 
@@ -725,6 +758,14 @@ def run_batches(passes: Sequence[Pass], inputs: Any, size: tuple[int, int], batc
     if into is not None:
         return list(into)
     return [_joined(rows) for rows in parts]
+
+
+def _to_numpy(out: Any) -> Any:
+    import keras
+
+    if isinstance(out, (list, tuple)):
+        return [keras.ops.convert_to_numpy(t) for t in out]
+    return keras.ops.convert_to_numpy(out)
 
 
 def _joined(rows: list[Any]) -> Any:
