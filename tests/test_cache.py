@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
-from transferkit import KerasFeatureExtractor
+from transferkit import KerasFeatureExtractor, list_cut_points
 from transferkit.cache import DiskFeatureCache, MemoryFeatureCache, resolve_cache
 
 from .conftest import REPO
@@ -445,6 +445,24 @@ def test_features_of_cuts_that_resume_are_bit_identical_to_fresh_ones(mobile_ima
         shared = mobile(cache, cut=cut, pooling=pooling).fit_transform(mobile_images)
         assert np.abs(shared).max() > 0
         assert np.array_equal(shared, fresh[(cut, pooling)]), cut
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("backbone", "size"), [
+    ("ResNet50", 64), ("EfficientNetB0", 64), ("DenseNet121", 64), ("Xception", 71),
+    ("InceptionV3", 75), ("MobileNetV3Small", 64), ("ConvNeXtTiny", 64)])
+def test_resumed_features_are_bit_identical_to_fresh_ones_on_other_backbones(backbone, size):
+    # Fresh features come from the stages chained in one traced call, resumed ones from the
+    # stages called one by one: the same graphs, whatever the backbone's blocks.
+    images = np.random.default_rng(3).integers(0, 256, (5, size, size, 3), dtype=np.uint8)
+    cuts = list_cut_points(backbone)
+    cache = MemoryFeatureCache()
+    for cut in (cuts[len(cuts) // 3], cuts[-1]):
+        params = {"backbone": backbone, "weights": None, "random_state": 0,
+                  "input_size": size, "cut": cut}
+        fresh = KerasFeatureExtractor(**params, cache=None).fit_transform(images)
+        shared = KerasFeatureExtractor(**params, cache=cache).fit_transform(images)
+        assert np.array_equal(shared, fresh), cut
 
 
 def test_a_deeper_cut_resumes_from_the_activation_a_shallower_one_kept(mobile_images, passes):
