@@ -52,6 +52,21 @@ def test_the_same_seed_draws_the_same_boxes_and_calls_draw_new_ones():
     assert not np.array_equal(a, np.asarray(first(images, training=True)))
 
 
+def test_flip_mirrors_some_crops_by_reading_the_same_box_right_to_left():
+    images = _ramp(n=16)
+    plain = np.asarray(RandomResizedCrop(20, 20, seed=3)(images, training=True))
+    flipped = np.asarray(RandomResizedCrop(20, 20, seed=3, flip=True)(images, training=True))
+    mirrored = [not np.allclose(f, p, atol=1e-4) for f, p in zip(flipped, plain, strict=True)]
+    assert 0 < sum(mirrored) < 16
+    for f, p, m in zip(flipped, plain, mirrored, strict=True):
+        np.testing.assert_allclose(f, p[:, ::-1] if m else p, atol=1e-4)
+
+
+def test_flip_is_kept_in_the_layer_config():
+    layer = RandomResizedCrop(20, 20, seed=3, flip=True)
+    assert RandomResizedCrop.from_config(layer.get_config()).flip
+
+
 def test_output_shape_is_declared_for_functional_models():
     import keras
 

@@ -170,8 +170,10 @@ class RandomResizedCrop(keras.layers.Layer):
 
     In training, each image gets its own box: area a uniform fraction ``scale`` of the
     image, aspect ratio log-uniform in ``ratio``, position uniform, and the box is resized
-    bilinearly to the output size. At inference (``training=False``) each image's central
-    view is kept (:class:`CentralView` with ``central_fraction``): what ``predict`` sees.
+    bilinearly to the output size; with ``flip``, half the boxes are read right to left,
+    which mirrors them in the same resampling. At inference (``training=False``) each
+    image's central view is kept (:class:`CentralView` with ``central_fraction``): what
+    ``predict`` sees.
 
     Parameters
     ----------
@@ -186,6 +188,10 @@ class RandomResizedCrop(keras.layers.Layer):
     central_fraction : float, default=None
         The part of each side the inference view keeps; None: the central
         ``(height, width)`` pixels, without resampling.
+    flip : bool, default=False
+        Mirror each crop left to right with probability 1/2. A separate
+        ``keras.layers.RandomFlip`` after the crop cost as much as the crop itself (it
+        writes every image twice); a box read backwards costs nothing.
     """
 
     def __init__(
@@ -196,12 +202,13 @@ class RandomResizedCrop(keras.layers.Layer):
         ratio: tuple[float, float] = CROP_RATIO,
         seed: int | None = None,
         central_fraction: float | None = None,
+        flip: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.height, self.width = int(height), int(width)
         self.scale, self.ratio, self.seed = tuple(scale), tuple(ratio), seed
-        self.central_fraction = central_fraction
+        self.central_fraction, self.flip = central_fraction, bool(flip)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = False
 
@@ -228,7 +235,13 @@ class RandomResizedCrop(keras.layers.Layer):
         position = keras.random.uniform((n, 2), 0.0, 1.0, seed=self.seed_generator)
         top = position[:, 0] * (1.0 - box_h)
         left = position[:, 1] * (1.0 - box_w)
-        boxes = tf.stack([top, left, top + box_h, left + box_w], axis=1)
+        right = left + box_w
+        if self.flip:
+            # crop_and_resize reads a box whose left edge lies right of its right edge
+            # backwards: the crop comes out mirrored.
+            mirror = keras.random.uniform((n,), 0.0, 1.0, seed=self.seed_generator) < 0.5
+            left, right = tf.where(mirror, right, left), tf.where(mirror, left, right)
+        boxes = tf.stack([top, left, top + box_h, right], axis=1)
         return tf.image.crop_and_resize(
             tf.cast(images, tf.float32), boxes, tf.range(n), (self.height, self.width)
         )
@@ -239,7 +252,8 @@ class RandomResizedCrop(keras.layers.Layer):
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(height=self.height, width=self.width, scale=self.scale,
-                      ratio=self.ratio, seed=self.seed, central_fraction=self.central_fraction)
+                      ratio=self.ratio, seed=self.seed, central_fraction=self.central_fraction,
+                      flip=self.flip)
         return config
 
 
@@ -282,18 +296,19 @@ def augmented(images: Any, names: tuple[str, ...], size: tuple[int, int], seed: 
 
     ``central`` is the central view of ``images`` (``framing``: the part of each side it
     keeps), used when ``"crop"`` is not asked for; each augmentation draws from its own
-    seed (``seed``, ``seed + 1``, ...).
+    seed (``seed``, ``seed + 1``, ...). After a crop, the flip is the crop's own (mirrored
+    boxes, :class:`RandomResizedCrop`'s ``flip``), not a layer of its own.
     """
     layers = keras.layers
     if "crop" in names:
         # Inference mode keeps the central view, so validation sees what predict sees.
         x = RandomResizedCrop(size[0], size[1], seed=seed, central_fraction=framing,
-                              name="augment_crop")(images)
+                              flip="flip" in names, name="augment_crop")(images)
     else:
         x = central
     for k, name in enumerate(names):
         seed_k = seed + 1 + k
-        if name == "flip":
+        if name == "flip" and "crop" not in names:
             x = layers.RandomFlip("horizontal", seed=seed_k, name="augment_flip")(x)
         elif name == "rotation":
             x = layers.RandomRotation(ROTATION_FACTOR, seed=seed_k, name="augment_rotation")(x)
