@@ -38,7 +38,7 @@ from .image_input import ImageCollection
 from .keras_setup import ForwardPass, is_keras_model, keras_precision, seeded_keras_init
 from .openvino_runtime import check_runtime, make_openvino_forward
 
-__all__ = ["NetworkLayout", "StagedBackbone", "Trunk", "build_feature_network",
+__all__ = ["NetworkLayout", "StageChain", "StagedBackbone", "Trunk", "build_feature_network",
            "build_tap_network",
            "build_trunk", "deepest",
            "make_forward", "pool", "resolve_cuts", "run_batches", "several_cuts",
