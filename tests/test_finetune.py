@@ -107,6 +107,13 @@ def test_the_final_network_is_refit_on_every_image_with_the_chosen_schedule(fitt
                                          f"{len(data[0])} images")
 
 
+def test_the_summary_gives_the_held_out_accuracy_before_and_after_fine_tuning(fitted):
+    tuning = fitted.history_["finetune"]
+    assert 0.0 <= tuning["initial_val_accuracy"] <= 1.0
+    assert (f"accuracy {tuning['val_accuracy'][-1]:.3f} against "
+            f"{tuning['initial_val_accuracy']:.3f})") in fitted.history_["summary"]
+
+
 def test_fine_tuning_that_clearly_hurts_the_held_out_images_keeps_the_head(data):
     X, y = data
     # A learning rate a thousand times too high wrecks the trainable block.

@@ -393,6 +393,17 @@ def test_history_display_starts_the_validation_loss_where_the_phase_started():
     assert accuracy[:, 0].tolist() == [1, 2, 3]  # no accuracy was measured before
 
 
+def test_history_display_starts_the_validation_accuracy_where_it_was_measured_before():
+    from transferkit.viz import TrainingHistoryDisplay
+
+    history = _fit_history()
+    history["finetune"]["initial_val_accuracy"] = 0.65
+    display = TrainingHistoryDisplay.from_history(history)
+    (accuracy,) = _line_data(display.axes_[1], "tab:orange")
+    assert accuracy[0].tolist() == [0.5, 0.65]
+    assert accuracy[1:, 1].tolist() == [0.7, 0.75, 0.75]
+
+
 def _rings(ax):
     return [tuple(line.get_xydata()[0]) for line in ax.get_lines()
             if line.get_markerfacecolor() == "none" and len(line.get_xdata())]

@@ -98,16 +98,20 @@ def _what_was_kept(history: dict, epochs: int, n_images: int, n_val: int | None)
                 "(early_stopping=False: nothing held out to check them on).")
     tuning = history["finetune"]
     start, last = tuning["initial_val_loss"], tuning["val_loss"][-1]
+    # Accuracy too: a loss can rise with confidence while as many images are right.
+    accuracies = (f"; accuracy {tuning['val_accuracy'][-1]:.3f} against "
+                  f"{tuning['initial_val_accuracy']:.3f}"
+                  if "initial_val_accuracy" in tuning else "")
     if kept == 0:
         return (f"kept the head alone, refit on all {n_images} images, the backbone as "
                 f"pretrained: after {epochs} fine-tuning epoch{'s' if epochs != 1 else ''} the "
                 f"{n_val} held-out images "
                 f"scored clearly worse than with the head alone (loss {last:.4f} against "
-                f"{start:.4f}).")
+                f"{start:.4f}{accuracies}).")
     verdict = "lower than" if last < start else "not clearly worse than"
     return (f"kept all {kept} fine-tuning epochs, refit on all {n_images} images: on the "
             f"{n_val} held-out images their loss was {verdict} the head's ({last:.4f} "
-            f"against {start:.4f}).")
+            f"against {start:.4f}{accuracies}).")
 
 
 def _check_labels(y: Any, n_images: int) -> np.ndarray:
@@ -403,8 +407,8 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         image, which gave the final weights. Each phase maps ``"loss"``,
         ``"accuracy"``, ``"seconds"``, ``"learning_rate"`` (at the epoch's start)
         and, where images were held out, ``"val_loss"`` and ``"val_accuracy"`` to one
-        value per epoch run, ``"initial_val_loss"`` to the validation loss before the
-        phase's first epoch, and ``"best_epoch"`` to the index of the epoch whose
+        value per epoch run, ``"initial_val_loss"`` and ``"initial_val_accuracy"`` to
+        the validation loss and accuracy before the phase's first epoch, and ``"best_epoch"`` to the index of the epoch whose
         weights the phase ended with (-1: the starting weights). ``"finetune"`` also
         has ``"worse_than_start"``: whether the held-out images scored its last epoch
         clearly worse than the head. With ``head_init="logistic"``, a head entry has

@@ -393,9 +393,10 @@ def train_phase(
     if val is not None and epochs:
         # The starting point competes too: an epoch is kept only if it beats the weights
         # the phase started from, so fine-tuning can never end worse than the head alone.
-        best_losses, _ = validate()
+        best_losses, initial_accuracy = validate()
         best_weights = model.get_weights()
         history["initial_val_loss"] = float(best_losses.mean())
+        history["initial_val_accuracy"] = initial_accuracy
     n = len(y)
     for epoch in range(epochs):
         started = time.perf_counter()

@@ -896,8 +896,9 @@ class TrainingHistoryDisplay:
     ----------
     phases : dict
         Phase name to the phase's dict (``"loss"``, and optionally ``"accuracy"``,
-        ``"val_loss"``, ``"val_accuracy"``, ``"initial_val_loss"``), in the order the
-        phases ran; only phases with at least one epoch.
+        ``"val_loss"``, ``"val_accuracy"``, ``"initial_val_loss"`` and
+        ``"initial_val_accuracy"``), in the order the phases ran; only phases with at
+        least one epoch.
     kept : dict
         Phase name to the index of the epoch whose weights it kept (-1: the weights it
         started from).
@@ -1051,10 +1052,10 @@ class TrainingHistoryDisplay:
             values = np.asarray(phase.get(key, ()), dtype=float)
             if values.size == len(epochs):
                 x = epochs
-                if key == "val_loss" and "initial_val_loss" in phase:
+                if f"initial_{key}" in phase:
                     # Where the phase started from: the weights it can fall back to.
                     x = np.concatenate([[start + 0.5], epochs])
-                    values = np.concatenate([[phase["initial_val_loss"]], values])
+                    values = np.concatenate([[phase[f"initial_{key}"]], values])
                 panel.plot(x, values, style, color=colour, markersize=3, linewidth=1.5)
                 curves[key] = (x, values)
         # The ring goes on the curve that decided what was kept: validation where it ran.
