@@ -408,8 +408,9 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         ``"accuracy"``, ``"seconds"``, ``"learning_rate"`` (at the epoch's start)
         and, where images were held out, ``"val_loss"`` and ``"val_accuracy"`` to one
         value per epoch run, ``"initial_val_loss"`` and ``"initial_val_accuracy"`` to
-        the validation loss and accuracy before the phase's first epoch, and ``"best_epoch"`` to the index of the epoch whose
-        weights the phase ended with (-1: the starting weights). ``"finetune"`` also
+        the validation loss and accuracy before the phase's first epoch, and
+        ``"best_epoch"`` to the index of the epoch whose weights the phase ended with
+        (-1: the starting weights). ``"finetune"`` also
         has ``"worse_than_start"``: whether the held-out images scored its last epoch
         clearly worse than the head. With ``head_init="logistic"``, a head entry has
         no epochs: its ``"seconds"`` holds the time of the fit, ``"views"`` the number of
