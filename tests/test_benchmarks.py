@@ -65,6 +65,7 @@ def test_cut_search_reports_both_searches_and_their_yardstick():
                 "shared_search_over_plain_transform_plus_fits"):
         assert positive(report[key]), key
     assert set(report["targets_met"]) == set(report["targets"])
+    assert report["search_runs"] == 1  # the full run times each search twice, the best counts
 
 
 def test_roofline_counts_resnet50_flops_and_measures_a_roof():
