@@ -128,7 +128,7 @@ def fold_batch_norms(model: Any) -> tuple[Any, int]:
             config = layer.get_config()
             config["use_bias"] = True
             # The weights are set from the folded ones at once: drawing random initial
-            # values first took half of folding's time (0.15 s of MobileNetV2's 0.3 s).
+            # values first took 0.05 s of MobileNetV2's 0.30 s fold.
             config.update({key: "zeros" for key in config if key.endswith("_initializer")})
             new = layer.__class__.from_config(config)
             replacements[id(new)] = (new, _folded_weights(layer, pairs[id(layer)]))
