@@ -81,6 +81,18 @@ def test_the_original_model_is_left_untouched(model):
     np.testing.assert_array_equal(model(x, training=False).numpy(), output)
 
 
+def test_a_memo_folds_a_network_nested_in_several_models_once(model):
+    inner = model.get_layer("inner")
+    other_inputs = keras.Input((12, 12, 3))
+    other = keras.Model(other_inputs, layers.Flatten()(inner(other_inputs)))
+    memo = {}
+    folded, _ = fold_batch_norms(model, memo)
+    folded_other, n_folded = fold_batch_norms(other, memo)
+    assert folded_other.get_layer("inner") is folded.get_layer("inner")
+    assert n_folded == 3  # the folds of the shared network count in each model that nests it
+    assert fold_batch_norms(inner, memo)[0] is folded.get_layer("inner")
+
+
 def test_a_model_without_batchnorm_comes_back_as_it_is():
     inputs = keras.Input((8, 8, 3))
     plain = keras.Model(inputs, layers.Conv2D(2, 3)(inputs))

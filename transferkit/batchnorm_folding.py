@@ -92,7 +92,7 @@ def _folded_weights(conv: Any, bn: Any) -> list[np.ndarray]:
     return [w.astype(np.float32) for w in (*weights, new_bias)]
 
 
-def fold_batch_norms(model: Any) -> tuple[Any, int]:
+def fold_batch_norms(model: Any, memo: dict | None = None) -> tuple[Any, int]:
     """An inference copy of ``model`` with its foldable BatchNormalization layers folded.
 
     Functional models nested in ``model`` are folded too. A BatchNormalization is folded
@@ -104,6 +104,10 @@ def fold_batch_norms(model: Any) -> tuple[Any, int]:
     ----------
     model : keras.Model
         A functional model, used in inference mode only.
+    memo : dict, default=None
+        Shared by several calls whose models nest the same network (a frozen part under
+        several framings): each network is folded once, and every copy that nests it
+        shares the folded one. The weights must not change between those calls.
 
     Returns
     -------
@@ -113,6 +117,15 @@ def fold_batch_norms(model: Any) -> tuple[Any, int]:
     n_folded : int
         Number of BatchNormalization layers folded.
     """
+    if memo is not None and id(model) in memo:
+        return memo[id(model)][1:]
+    result = _fold(model, memo)
+    if memo is not None:
+        memo[id(model)] = (model, *result)  # the model held too: its id stays its own
+    return result
+
+
+def _fold(model: Any, memo: dict | None) -> tuple[Any, int]:
     if not _is_functional(model):
         return model, 0
     pairs = _foldable_pairs(model)
@@ -134,7 +147,7 @@ def fold_batch_norms(model: Any) -> tuple[Any, int]:
             replacements[id(new)] = (new, _folded_weights(layer, pairs[id(layer)]))
             return new
         if _is_functional(layer):
-            inner, count = fold_batch_norms(layer)
+            inner, count = fold_batch_norms(layer, memo)
             n_nested += count
             return inner
         return layer
