@@ -673,9 +673,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
             scored = "--val" if args.val is not None else "the images --validation-fraction " \
                                                         "holds out"
             print(f"fine-tuning: the val_loss and val_accuracy of each epoch are measured on "
-                  f"{model.validation_fraction:.0%} of the training images, held out to "
-                  f"check that fine-tuning helps (not on {scored}); the final network is "
-                  f"trained on all of them.", flush=True)
+                  f"the training images, each held out once in a {model.validation_folds}-"
+                  f"fold check that fine-tuning does not hurt (not on {scored}); the final "
+                  f"network is trained on all of them.", flush=True)
     else:
         extractor_kwargs = {**_extractor_kwargs(args), "random_state": args.random_state}
         model = Pipeline([

@@ -1086,6 +1086,8 @@ class TrainingHistoryDisplay:
         names, centres, levels, ends = [], [], [], []  # ends: right edge reached per level
         for name, phase in self.phases.items():
             names.append(_PHASE_NAMES.get(name, name))
+            if phase.get("folds", 1) > 1:  # the check's runs, pooled over their folds
+                names[-1] += f" ({phase['folds']}-fold check)"
             centres.append(starts[name] + (len(phase["loss"]) + 1) / 2)
             middle, half = (centres[-1] - low) / (high - low), per_char * len(names[-1]) / 2
             level = next((k for k, end in enumerate(ends) if end + 0.01 < middle - half),
