@@ -90,7 +90,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "transferkit.estimator"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 """Version of what a file holds, raised by every change to it: a member, a manifest field,
 a parameter or a fitted attribute of an estimator (then also give the new parameter its
 entry in :data:`VALUES_BEFORE_THEY_EXISTED`, and add fixtures of the new format to
@@ -102,6 +102,7 @@ entry in :data:`VALUES_BEFORE_THEY_EXISTED`, and add fixtures of the new format 
 3. FineTunedClassifier's ``crop_fraction_`` (the framing ``crop_fraction="auto"`` chose).
 4. FineTunedClassifier's ``label_smoothing`` and ``layer_decay``.
 5. FineTunedClassifier's ``head_blocks`` (and ``head_layers_``, set again by every build).
+6. FineTunedClassifier's ``validation_folds`` and ``temperature_``.
 """
 
 ESTIMATORS = ("KerasFeatureExtractor", "FineTunedClassifier")

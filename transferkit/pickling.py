@@ -59,6 +59,10 @@ VALUES_BEFORE_THEY_EXISTED: dict[str, dict[str, Any]] = {
         "layer_decay": 1.0,
         # Format 5: the head read the cut's pooled features alone.
         "head_blocks": 1,
+        # Format 6: one held-out split of validation_fraction checked fine-tuning, and the
+        # logits were not calibrated.
+        "validation_folds": None,
+        "temperature_": 1.0,
     },
 }
 """For each estimator, parameters and attributes added after its first release, mapped to
