@@ -530,17 +530,20 @@ def test_another_transferkit_version_warns_naming_both(small, data, tmp_path):
 # there): 9769c3a, before the feature cache (pickles only: save() came later); 64e4ccd, the
 # last commit before the central crop; format2, the last before crop_fraction="auto";
 # format3, the last before label_smoothing and layer_decay; format4, the last before
-# head_blocks; format5, the current format.
+# head_blocks; format5, the last before validation_folds and temperature_; format6, the
+# current format.
 OLD_FILES = [("64e4ccd", "extractor.tkz"), ("64e4ccd", "classifier.tkz")]
 FORMAT_2_FILES = [("format2", "extractor.tkz"), ("format2", "classifier.tkz")]
 FORMAT_3_FILES = [("format3", "extractor.tkz"), ("format3", "classifier.tkz")]
 FORMAT_4_FILES = [("format4", "extractor.tkz"), ("format4", "classifier.tkz")]
+FORMAT_5_FILES = [("format5", "extractor.tkz"), ("format5", "classifier.tkz")]
 OLD_PICKLES = [("9769c3a", "extractor.joblib"), ("9769c3a", "classifier.joblib"),
                ("64e4ccd", "extractor.joblib"), ("64e4ccd", "classifier.joblib"),
                ("format2", "extractor.joblib"), ("format2", "classifier.joblib"),
                ("format3", "extractor.joblib"), ("format3", "classifier.joblib"),
-               ("format4", "extractor.joblib"), ("format4", "classifier.joblib")]
-CURRENT = [("format5", name) for name in ("extractor.tkz", "classifier.tkz",
+               ("format4", "extractor.joblib"), ("format4", "classifier.joblib"),
+               ("format5", "extractor.joblib"), ("format5", "classifier.joblib")]
+CURRENT = [("format6", name) for name in ("extractor.tkz", "classifier.tkz",
                                          "extractor.joblib", "classifier.joblib")]
 
 
@@ -586,6 +589,15 @@ def test_files_of_format_4_give_the_outputs_they_gave_when_saved(folder, name):
     np.testing.assert_allclose(*_saved_outputs(folder, name, model), rtol=0, atol=1e-6)
     if name.startswith("classifier"):
         assert model.head_blocks == 1 and model.head_layers_ == [model.cut_layer_]
+
+
+@pytest.mark.parametrize(("folder", "name"), FORMAT_5_FILES, ids=_fixture_id)
+def test_files_of_format_5_give_the_outputs_they_gave_when_saved(folder, name):
+    with pytest.warns(FileVersionWarning, match="format version 5"):
+        model = load(FIXTURES / folder / name)
+    np.testing.assert_allclose(*_saved_outputs(folder, name, model), rtol=0, atol=1e-6)
+    if name.startswith("classifier"):
+        assert (model.validation_folds, model.temperature_) == (None, 1.0)
 
 
 def test_a_classifier_from_before_auto_framing_sees_the_crop_fraction_it_was_given():
