@@ -18,7 +18,8 @@ On any folder with one sub-folder of images per class (``FOLDER/<class>/<image>`
 
 Per seed: up to ``--per-class`` images of each class are drawn, split 80/20 stratified, and
 every method is fitted on the same training images and scored on the same test images.
-Prints one JSON object: per-seed accuracies and fit times, their means, the margins of the
+Prints one JSON object: per-seed accuracies, test log-losses (the hand recipe's aside) and
+fit times, their means, the margins of the
 fine-tuned classifier over the two hand-written baselines, its fit time over the
 transferkit probe's, and the targets of the fine-tuning issue (+0.02 over the hand probe,
 +0.05 over the hand recipe, at most 15x the probe's time, an epoch kept on the fine-tuning
@@ -144,7 +145,16 @@ def hand_probe(train, test, config: dict) -> dict:
 
     clf = LogisticRegression(max_iter=2000).fit(features(train[0]), train[1])
     fit_seconds = time.perf_counter() - started
-    return {"accuracy": float(clf.score(features(test[0]), test[1])),
+    return _scores(clf.predict_proba(features(test[0])), clf.classes_, test[1], fit_seconds)
+
+
+def _scores(proba: np.ndarray, classes, labels: list, fit_seconds: float) -> dict:
+    """Test accuracy and log-loss (how good the probabilities are, not just their order)."""
+    from sklearn.metrics import log_loss
+
+    predicted = np.asarray(classes)[proba.argmax(axis=1)]
+    return {"accuracy": float(np.mean(predicted == np.asarray(labels))),
+            "log_loss": round(float(log_loss(labels, proba, labels=classes)), 4),
             "fit_seconds": round(fit_seconds, 2)}
 
 
@@ -211,7 +221,7 @@ def transferkit_probe(train, test, config: dict) -> dict:
         ("clf", LogisticRegression(max_iter=2000)),
     ]).fit(*train)
     fit_seconds = time.perf_counter() - started
-    return {"accuracy": float(pipe.score(*test)), "fit_seconds": round(fit_seconds, 2)}
+    return _scores(pipe.predict_proba(test[0]), pipe.classes_, test[1], fit_seconds)
 
 
 def fine_tuned(train, test, config: dict, seed: int) -> dict:
@@ -224,10 +234,11 @@ def fine_tuned(train, test, config: dict, seed: int) -> dict:
     fit_seconds = time.perf_counter() - started
     history = clf.history_
     return {
-        "accuracy": float(clf.score(*test)),
-        "fit_seconds": round(fit_seconds, 2),
+        **_scores(clf.predict_proba(test[0]), clf.classes_, test[1], fit_seconds),
         # 0: the fit kept the head alone, on the pretrained backbone.
         "kept_epochs": history["kept_epochs"],
+        # What the final logits are divided by (absent before the calibrated check).
+        "temperature": getattr(clf, "temperature_", None),
         "summary": history["summary"],
         "head_rows_per_image": history["head"].get("views"),
         "head_cv_log_loss": history["head"].get("cv_log_loss"),
@@ -252,6 +263,8 @@ def summarise(runs: list[dict], methods: tuple[str, ...]) -> dict:
                   for method in methods}
     summary: dict = {
         "mean_accuracy": {method: round(value, 4) for method, value in accuracies.items()},
+        "mean_log_loss": {method: round(mean(method, "log_loss"), 4) for method in methods
+                          if method != "hand_recipe"},
         "mean_fit_seconds": {method: round(mean(method, "fit_seconds"), 2)
                              for method in methods},
     }

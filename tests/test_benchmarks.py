@@ -140,7 +140,11 @@ def test_transfer_suite_runs_the_four_methods_on_a_folder_of_classes(tmp_path):
     assert (run["train_images"], run["test_images"]) == (19, 5)
     for method in ("hand_probe", "transferkit_probe", "fine_tuned"):
         assert 0 <= run[method]["accuracy"] <= 1 and positive(run[method]["fit_seconds"])
+        assert math.isfinite(run[method]["log_loss"]) and run[method]["log_loss"] >= 0
     assert 0 <= run["hand_recipe"]["best_accuracy"] <= 1
+    assert set(report["summary"]["mean_log_loss"]) == {"hand_probe", "transferkit_probe",
+                                                       "fine_tuned"}
+    assert run["fine_tuned"]["temperature"] > 0
     assert set(report["summary"]["targets_met"]) == {
         "hand_probe_plus_0.02", "hand_recipe_plus_0.05", "time_at_most_15x_probe",
         "finetune_epoch_kept_every_seed"}
