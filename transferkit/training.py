@@ -4,8 +4,11 @@ Owns how weights are learned once :mod:`transferkit.finetune_network` has built 
 networks: one Adam step on a weighted minibatch (:class:`TrainingStep`), a phase of epochs
 over cached activations or streamed images with early stopping that restores the best
 weights (:func:`train_phase`, :func:`clearly_lower`), the cross-validated logistic head
-(:func:`fit_logistic_head`), and the pass that draws the augmented views the head also
-learns from (:class:`AugmentedViewPass`).
+(:func:`fit_logistic_head`), the pass that draws the augmented views the head also learns
+from (:class:`AugmentedViewPass`), and the check of the fine-tuning phase: its folds
+(:func:`check_folds`), their runs pooled and judged on calibrated losses
+(:func:`pool_folds`, :func:`fit_temperature`), the temperature set on the head
+(:func:`set_temperature`).
 
 Does not own: which layers are frozen and what the networks are
 (:mod:`transferkit.finetune_network`), the estimator's parameters, labels, weights and the
@@ -28,11 +31,11 @@ from .image_input import ImageCollection
 from .network import make_forward, run_batches
 
 __all__ = ["HEAD_CS", "AugmentedViewPass", "FrozenPass", "PhaseSettings", "TrainingStep",
-           "ViewBank", "check_folds", "choose_framing",
-           "clearly_lower", "cross_entropies", "fit_logistic_head", "fit_temperature",
-           "frozen_pass", "head_columns", "head_standardization", "more_views",
-           "paired_standard_error", "pool_folds", "set_head_standardization",
-           "set_temperature", "standardized", "standardizes", "train_phase"]
+           "ViewBank", "check_folds", "choose_framing", "clearly_lower", "cross_entropies",
+           "fit_logistic_head", "fit_temperature", "frozen_pass", "head_columns",
+           "head_standardization", "more_views", "paired_standard_error", "pool_folds",
+           "set_head_standardization", "set_temperature", "standardized", "standardizes",
+           "train_phase"]
 
 # Inverse L2 strengths tried by the internal cross-validation of head_init="logistic".
 HEAD_CS = np.logspace(-3, 2, 11)
