@@ -397,8 +397,8 @@ def train_phase(
     trainable part alone rather than passed through the frozen part every epoch.
 
     ``select_best=False`` runs every epoch and keeps the last weights; with ``val`` it
-    records in ``"worse_than_start"`` whether the starting weights score the validation
-    images clearly better than the last ones (:func:`clearly_lower`).
+    records in ``"held_out"`` the labels and the logits of the validation images before
+    the first epoch and after the last, which :func:`pool_folds` judges.
 
     ``label_smoothing`` smooths the training loss (:class:`TrainingStep`); the validation
     loss is always the plain cross-entropy, the loss the head is judged by too.
@@ -491,8 +491,6 @@ def train_phase(
             break
     if not select_best:
         if val is not None and epochs:
-            history["worse_than_start"] = clearly_lower(best_losses, val_losses)
-            # For pool_folds, which judges several folds' runs together.
             history["held_out"] = (y_val, start_logits, last_logits)
         history["best_epoch"] = len(history["loss"]) - 1
         return history
