@@ -110,9 +110,12 @@ def test_the_final_network_is_refit_on_every_image_with_the_chosen_schedule(fitt
 
 def test_the_summary_gives_the_held_out_accuracy_before_and_after_fine_tuning(fitted):
     tuning = fitted.history_["finetune"]
-    assert 0.0 <= tuning["initial_val_accuracy"] <= 1.0
-    assert (f"accuracy {tuning['val_accuracy'][-1]:.3f} against "
-            f"{tuning['initial_val_accuracy']:.3f})") in fitted.history_["summary"]
+    judged = tuning["judged_val_accuracy"]
+    assert judged["head"] == pytest.approx(tuning["initial_val_accuracy"])
+    # An Adam head is not refit after the epochs: the last epoch is what was judged.
+    assert judged["fine_tuned"] == pytest.approx(tuning["val_accuracy"][-1])
+    assert (f"accuracy {judged['fine_tuned']:.3f} against "
+            f"{judged['head']:.3f})") in fitted.history_["summary"]
 
 
 def test_fine_tuning_that_clearly_hurts_the_held_out_images_keeps_the_head(data):
@@ -805,6 +808,60 @@ def test_logistic_head_is_a_cross_validated_logistic_regression(data):
     assert FineTunedClassifier().head_init == "logistic"
     tuned = tiny(head_init="logistic").fit(X, y)
     assert tuned.score(X, y) >= 0.9 and len(tuned.history_["finetune"]["loss"]) >= 1
+
+
+def test_a_logistic_head_is_refit_on_the_features_fine_tuning_tuned(data):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = data
+    clf = tiny(head_init="logistic", early_stopping=False).fit(X, y)
+    assert clf.history_["head_refit_on_tuned"]
+    assert "the head refit on the features they tuned" in clf.history_["summary"]
+    # It predicts as a logistic regression with the head's penalty on the features the
+    # fine-tuned block computes, not as the head Adam trained along with the block.
+    network = clf._network
+    features = network.pooled_net.predict(network.prefix.predict(X, verbose=0), verbose=0)
+    reference = LogisticRegression(C=clf.history_["head"]["C"], max_iter=2000)
+    reference.fit(features, y)
+    # Log-odds, not probabilities, which saturate on these easy images. They agree to 5%
+    # (the solver's tolerance on near-separable features); Adam's head was 30% off.
+    proba = clf.predict_proba(X).astype(np.float64)
+    np.testing.assert_allclose(np.log(proba[:, 1] / proba[:, 0]),
+                               reference.decision_function(features), rtol=0.15)
+
+
+def test_the_check_judges_the_tuned_network_with_its_head_refit(data):
+    X, y = data
+    clf = tiny(head_init="logistic").fit(X, y)
+    tuning = clf.history_["finetune"]
+    judged = tuning["judged_val_accuracy"]["fine_tuned"]
+    assert f"accuracy {judged:.3f} against" in clf.history_["summary"]
+    assert clf.history_["head_refit_on_tuned"] == bool(clf.history_["kept_epochs"])
+
+
+def test_a_run_scores_its_held_out_images_again_after_its_last_epoch_hook():
+    import keras
+
+    from transferkit.training import PhaseSettings, cross_entropies, train_phase
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    settings = PhaseSettings(8, (1, 1), 5, lambda line: None)
+
+    def forget() -> None:  # what a head refit does to the weights, in the extreme
+        model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+
+    history = train_phase("finetune", model, x[:30], y[:30], np.ones(30), x[30:], y[30:],
+                          2, 0.1, np.random.RandomState(0), settings, select_best=False,
+                          after_epochs=forget)
+    labels, _, last = history["held_out"]
+    np.testing.assert_array_equal(last, 0.0)  # the logits after the hook are judged
+    assert history["val_loss_after"] == pytest.approx(np.log(2.0))
+    assert cross_entropies(last, labels).mean() == pytest.approx(np.log(2.0))
+    # The epochs' own scores are those of the trained weights, before the hook.
+    assert len(history["val_loss"]) == 2 and history["val_loss"][-1] != pytest.approx(np.log(2))
 
 
 def test_logistic_head_with_a_hidden_layer_falls_back_to_adam(data):
