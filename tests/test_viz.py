@@ -416,6 +416,20 @@ def test_history_display_rings_the_last_epoch_of_each_phase_when_fine_tuning_was
     assert _rings(display.ax_) == [(3.0, 0.52), (6.0, 0.25)]
 
 
+def test_history_display_marks_and_rings_the_score_of_the_head_refit_after_the_epochs():
+    from transferkit.viz import TrainingHistoryDisplay
+
+    history = _fit_history()
+    history["finetune"].update(val_loss_after=0.45, val_accuracy_after=0.8)
+    display = TrainingHistoryDisplay.from_history(history)
+    for panel, after in zip(display.axes_, (0.45, 0.8), strict=True):
+        diamonds = [tuple(line.get_xydata()[0]) for line in panel.get_lines()
+                    if line.get_marker() == "D"]
+        assert diamonds == [(3.45, after)]  # just after the last epoch, before the refit
+    # What the check judged, and so what was kept, is the network with its head refit.
+    assert _rings(display.ax_) == [(3.45, 0.45), (6.0, 0.25)]
+
+
 def test_history_display_rings_the_start_when_fine_tuning_was_worse_than_the_head():
     from transferkit.viz import TrainingHistoryDisplay
 

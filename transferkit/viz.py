@@ -1028,6 +1028,9 @@ class TrainingHistoryDisplay:
             handles.append(Line2D([], [], marker="o", linestyle="--", color="tab:orange",
                                   markersize=3,
                                   label="validation (images held out of the training set)"))
+        if any("val_loss_after" in phase for phase in self.phases.values()):
+            handles.append(Line2D([], [], marker="D", linestyle="", color="tab:orange",
+                                  markersize=5, label="validation, head refit after the epochs"))
         handles.append(Line2D([], [], marker="o", linestyle="", color="black", markersize=10,
                               markerfacecolor="none", label="kept epoch"))
         figure.legend(handles=handles, loc="outside lower center", ncols=len(handles),
@@ -1058,6 +1061,18 @@ class TrainingHistoryDisplay:
                     values = np.concatenate([[phase[f"initial_{key}"]], values])
                 panel.plot(x, values, style, color=colour, markersize=3, linewidth=1.5)
                 curves[key] = (x, values)
+        after = phase.get(f"val_{metric}_after")
+        if after is not None and f"val_{metric}" in curves:
+            # The head refit on the tuned features after the last epoch: what was judged.
+            x, values = curves[f"val_{metric}"]
+            x_after = x[-1] + 0.45
+            panel.plot([x[-1], x_after], [values[-1], after], ":", color="tab:orange",
+                       linewidth=1.2)
+            panel.plot(x_after, after, "D", color="tab:orange", markersize=5)
+            curves[f"val_{metric}"] = (np.append(x, x_after), np.append(values, after))
+            epochs = np.append(epochs, x_after)
+            if kept >= 0:  # the ring goes on what the check judged
+                kept = len(epochs) - 1
         # The ring goes on the curve that decided what was kept: validation where it ran.
         decided = curves.get(f"val_{metric}", curves.get(metric))
         if decided is None:
