@@ -443,8 +443,8 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         verdict: whether the held-out images scored the last epoch clearly worse than
         the head (with the head refit after the epochs, see ``head_init``: their
         ``"val_loss_after"`` and ``"val_accuracy_after"``, and ``"judged_val_accuracy"``
-        both sides' accuracy); then ``"refit_finetune"`` (absent when the head was kept), fine-tuning
-        on every image, which gave the final weights. Without early stopping,
+        both sides' accuracy); then ``"refit_finetune"`` (absent when the head was
+        kept), fine-tuning on every image, which gave the final weights. Without early stopping,
         ``"finetune"`` is that run on every image. Each phase also maps ``"seconds"``
         and ``"learning_rate"`` (at the epoch's start) to one value per epoch run, and
         ``"best_epoch"`` to the index of the epoch whose weights the phase ended with
@@ -459,8 +459,8 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         cross-validate, and the central crop was kept). Then
         ``"kept_epochs"``: the fine-tuning epochs the final weights went through (0:
         the head alone), ``"head_refit_on_tuned"``: whether the final head was fitted
-        again on the tuned features, and ``"summary"``: one line saying which weights were kept and
-        why, which ``verbose`` fits also log.
+        again on the tuned features, and ``"summary"``: one line saying which weights
+        were kept and why, which ``verbose`` fits also log.
 
     See Also
     --------

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,12 +32,11 @@ from .image_input import ImageCollection
 from .network import make_forward, run_batches
 
 __all__ = ["HEAD_CS", "AugmentedViewPass", "FrozenPass", "PhaseSettings", "PhaseTrainer",
-           "TrainingStep",
-           "ViewBank", "check_folds", "choose_framing", "clearly_lower", "cross_entropies",
-           "fit_logistic_head", "fit_temperature", "frozen_pass", "head_columns",
-           "head_standardization", "more_views", "paired_standard_error", "pool_folds",
-           "set_head_standardization", "set_temperature", "standardized", "standardizes",
-           "train_phase", "tuned_features"]
+           "TrainingStep", "ViewBank", "check_folds", "choose_framing", "clearly_lower",
+           "cross_entropies", "fit_logistic_head", "fit_temperature", "frozen_pass",
+           "head_columns", "head_standardization", "more_views", "paired_standard_error",
+           "pool_folds", "set_head_standardization", "set_temperature", "standardized",
+           "standardizes", "train_phase", "tuned_features"]
 
 # Inverse L2 strengths tried by the internal cross-validation of head_init="logistic".
 HEAD_CS = np.logspace(-3, 2, 11)
@@ -713,24 +711,6 @@ def _one_blas_thread(function: Callable) -> Callable:
     return with_one_thread
 
 
-def _each_on_the_cores(function: Callable, arguments: Sequence) -> list:
-    """``[function(a) for a in arguments]``, two at a time on a machine of two or more cores.
-
-    For independent cross-validations of the logistic head under :func:`_one_blas_thread`:
-    with one BLAS thread each, two run side by side (lbfgs spends its time in NumPy, which
-    releases the GIL). Four cross-validations of 4320 rows x 512 features took 0.87 s on
-    two threads against 1.34 s one after the other, on the 2-core machine. The results
-    are those of the loop, in its order.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    workers = min(2, len(arguments), os.cpu_count() or 1)
-    if workers < 2:
-        return [function(argument) for argument in arguments]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(function, arguments))
-
-
 @_one_blas_thread
 def choose_framing(features: dict[float, np.ndarray], y: np.ndarray, w: np.ndarray,
                    n_classes: int, seed: int,
@@ -753,15 +733,13 @@ def choose_framing(features: dict[float, np.ndarray], y: np.ndarray, w: np.ndarr
     started = time.perf_counter()
     folds = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(
         features[candidates[0]], y))
-
-    def loss(framing: float) -> float:
+    losses = {}
+    for framing in candidates:
         fitted = LogisticRegressionCV(
             Cs=HEAD_CS, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=2000, tol=1e-3,
             use_legacy_attributes=False, cv=folds,
         ).fit(features[framing], y, sample_weight=w)
-        return float(-np.asarray(fitted.scores_).mean(axis=0).max())
-
-    losses = dict(zip(candidates, _each_on_the_cores(loss, candidates), strict=True))
+        losses[framing] = float(-np.asarray(fitted.scores_).mean(axis=0).max())
     chosen = min(candidates, key=lambda framing: losses[framing])  # first on a tie
     scores = ", ".join(f"{framing:g}: {loss:.4f}" for framing, loss in losses.items())
     log(f"framing: crop_fraction={chosen:g}, by {n_splits}-fold CV log-loss ({scores}; "
@@ -895,10 +873,8 @@ def fit_logistic_head(
         # invariances some images do not have (a cropped or mirrored digit is another
         # digit). The same folds, scored on the same central crops.
         row_counts = [len(features)] + ([n_images] if len(features) > n_images else [])
-        combinations = [(k, rows) for k in range(len(keeps)) for rows in row_counts]
-        results = dict(zip(combinations, _each_on_the_cores(
-            lambda combination: cross_validated(keeps[combination[0]], combination[1]),
-            combinations), strict=True))
+        results = {(k, rows): cross_validated(keep, rows)
+                   for k, keep in enumerate(keeps) for rows in row_counts}
         best = min(results, key=lambda key: results[key][1])  # the first on a tie
         chosen, rows = best
         model, _, standardization = results[best]
