@@ -34,6 +34,8 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+# Slow: 30 s of the CI's 25 minutes on the 2-core machine.
+@pytest.mark.slow
 def test_extract_throughput_reports_both_sides_for_both_models():
     report = run_benchmark("extract_throughput.py")
     assert set(report["results"]) == {"MobileNetV2", "ResNet50"}
@@ -53,6 +55,8 @@ def test_grid_search_cache_computes_each_image_once_and_agrees():
     assert positive(report["cached_search_over_plain_transform"])
 
 
+# Slow: 24 s of the CI's 25 minutes on the 2-core machine.
+@pytest.mark.slow
 def test_cut_search_reports_both_searches_and_their_yardstick():
     report = run_benchmark("cut_search.py")
     assert len(report["cuts"]) >= 2 and report["poolings"] == ["avg", "max"]
@@ -68,6 +72,8 @@ def test_cut_search_reports_both_searches_and_their_yardstick():
     assert report["search_runs"] == 1  # the full run times each search twice, the best counts
 
 
+# Slow: 20 s of the CI's 25 minutes on the 2-core machine.
+@pytest.mark.slow
 def test_roofline_counts_resnet50_flops_and_measures_a_roof():
     report = run_benchmark("roofline.py")
     # ResNet50 without its top: ~7.7 GFLOPs at 224 px, scaling with the pixel count.
@@ -82,6 +88,8 @@ def test_roofline_counts_resnet50_flops_and_measures_a_roof():
         assert positive(report["openvino_float32_fraction_of_roof"])
 
 
+# Slow: 34 s of the CI's 25 minutes on the 2-core machine.
+@pytest.mark.slow
 def test_memory_reports_peak_resident_memory_for_both_sizes():
     report = run_benchmark("memory.py")
     assert report["large_images"] == 10 * report["small_images"]
@@ -97,6 +105,8 @@ def test_cache_keys_reports_content_and_stat_keys_against_decoding():
         assert positive(report[key]), key
 
 
+# Slow: 19 s of the CI's 25 minutes on the 2-core machine.
+@pytest.mark.slow
 def test_cli_startup_times_each_command_and_counts_what_it_imports():
     report = run_benchmark("cli_startup.py")
     assert set(report["commands"]) == {"--help", "train --help", "backbones",

@@ -112,6 +112,9 @@ def test_joblib_round_trip_of_a_fitted_pipeline_in_a_fresh_process(tmp_path):
     assert "identical" in result.stdout
 
 
+# Slow: 55 s of the CI's 25 minutes; test_dask's grid search fits the classifier in
+# other processes too.
+@pytest.mark.slow
 def test_grid_search_with_two_processes_over_a_fine_tuned_classifier():
     from transferkit import FineTunedClassifier
 
