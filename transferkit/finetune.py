@@ -882,11 +882,9 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
                 None if val_rows is None else frozen.validation_inputs(images, val_rows),
                 None if val_rows is None else y_code[val_rows], epochs, self.learning_rate,
                 shuffle_rng, settings, cosine_decay=True, schedule_epochs=self.epochs,
-                val_model=network.trainable_net if self.cached_ else None,
-                select_best=False, label_smoothing=self.label_smoothing,
-                learning_rate_scales=network.learning_rate_scales,
+                select_best=False,
                 after_epochs=(lambda: refit_head(rows)) if refits_head else None,
-                trainer=trainer)
+                trainer=trainer)  # holds the label smoothing, rate scales and val model
 
         # 2. The check: on each fold, the head and the whole fine-tuning schedule learn
         #    from the other folds, and the held-out fold scores both. Fine-tuning is kept

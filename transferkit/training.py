@@ -139,7 +139,6 @@ class PhaseTrainer:
         import keras
         import tensorflow as tf
 
-        self.model = model
         self.optimizer = keras.optimizers.Adam(0.0)
         variables = model.trainable_variables
         # Create Adam's moments now: created inside the traced step, each would register
