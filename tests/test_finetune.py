@@ -157,6 +157,7 @@ def test_view_bank_shows_every_view_of_an_image_once_per_cycle():
     assert seen[0].tolist() == [0, 11, 22, 30, 41]  # images start at different views
     part = bank.take(np.array([4, 1]))
     np.testing.assert_array_equal(part.epoch(0, np.arange(2)), [41, 11])
+    np.testing.assert_array_equal(part.view(2), [42, 12])
 
 
 def test_multiclass_with_integer_labels():
@@ -537,9 +538,11 @@ def test_views_drawn_later_are_new_draws_in_the_bank_one_pass_would_make(data):
 
     staged, settings = network()
     first = frozen_pass(staged, images, 2, True, settings, seed=5)
+    traced = dict(first.traced)
     grown = more_views(first, staged, images, 2, settings, seed=5)
     assert len(grown.view_features) == 4 and grown.bank.views.shape[0] == 4
     np.testing.assert_array_equal(grown.bank.views[:2], first.bank.views)
+    assert grown.traced == traced  # drawn and pooled by the first pass's traces, not new ones
     for later in grown.view_features[2:]:  # the augmentation went on, it did not restart
         assert not any(np.allclose(later, earlier) for earlier in grown.view_features[:2])
     at_once, settings = network()
