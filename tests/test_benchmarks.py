@@ -155,6 +155,9 @@ def test_transfer_suite_runs_the_four_methods_on_a_folder_of_classes(tmp_path):
     assert set(report["summary"]["mean_log_loss"]) == {"hand_probe", "transferkit_probe",
                                                        "fine_tuned"}
     assert run["fine_tuned"]["temperature"] > 0
+    (by_seed,) = report["summary"]["time_over_transferkit_probe_by_seed"]  # one seed run
+    assert by_seed == round(run["fine_tuned"]["fit_seconds"]
+                            / run["transferkit_probe"]["fit_seconds"], 2)
     assert set(report["summary"]["targets_met"]) == {
         "hand_probe_plus_0.02", "hand_recipe_plus_0.05", "time_at_most_15x_probe",
         "finetune_epoch_kept_every_seed"}
