@@ -1121,6 +1121,21 @@ def test_the_head_reads_the_cut_alone_where_the_other_blocks_are_noise():
     np.testing.assert_array_equal(keep, [0.0] * 40 + [1.0] * 4)
     np.testing.assert_array_equal(mean, 0.0)
     np.testing.assert_array_equal(scale, 1.0)
+    kernel, _ = fit["head"].get_layer("head_logits").get_weights()
+    np.testing.assert_array_equal(kernel[:40], 0.0)
+
+
+def test_a_head_on_the_cut_alone_is_the_logistic_regression_of_the_cut_columns():
+    from sklearn.linear_model import LogisticRegression
+
+    fit = _blocks_and_cut(block_signal=0.0, n_block_columns=40)
+    y = np.repeat([0, 1], 45)
+    cut_alone = LogisticRegression(C=fit["history"]["C"], tol=1e-6, max_iter=5000).fit(
+        fit["features"][:, -4:], y)
+    logits = fit["head"].predict(fit["features"], verbose=0)
+    np.testing.assert_allclose(logits[:, 1] - logits[:, 0],
+                               cut_alone.decision_function(fit["features"][:, -4:]),
+                               rtol=0.05, atol=0.02)
 
 
 def _reading(index: int, monkeypatch) -> None:
