@@ -896,7 +896,8 @@ def fit_logistic_head(
         if not scaled:
             return features[:rows], None
         standardization = head_standardization(features[:rows], keep)
-        return standardized(features[:rows], standardization)[:, keep], standardization
+        X = standardized(features[:rows], standardization)
+        return (X if keep.all() else X[:, keep]), standardization
 
     n_splits = int(min(3, np.bincount(per_image, minlength=n_classes).min()))
     if C is not None:
@@ -979,8 +980,10 @@ def fit_logistic_head(
     if blocks_cv is not None:
         history["blocks_cv_log_loss"] = blocks_cv
     if val_features is not None:
-        X_val = (val_features if not scaled
-                 else standardized(val_features, standardization)[:, read])
+        X_val = val_features
+        if scaled:
+            X_val = standardized(val_features, standardization)
+            X_val = X_val if read.all() else X_val[:, read]
         log_probs = model.predict_log_proba(X_val)
         history["initial_val_loss"] = float(-log_probs[np.arange(len(y_val)), y_val].mean())
         history.update(val_loss=[], val_accuracy=[])
