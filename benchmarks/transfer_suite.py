@@ -286,8 +286,8 @@ def summarise(runs: list[dict], methods: tuple[str, ...]) -> dict:
     if "transferkit_probe" in methods:
         time_ratio = mean("fine_tuned", "fit_seconds") / mean("transferkit_probe", "fit_seconds")
         summary["fine_tuned_time_over_transferkit_probe"] = round(time_ratio, 2)
-        # The target reads the means; each seed's ratio says how much of it the first
-        # probe of the process, which pays one-time costs the later ones do not, makes.
+        # The target reads the means, which the first seed's probe lowers: it pays the
+        # process's one-time costs and the later probes do not. Each seed's ratio shows it.
         summary["time_over_transferkit_probe_by_seed"] = [
             round(run["fine_tuned"]["fit_seconds"] / run["transferkit_probe"]["fit_seconds"], 2)
             for run in runs]
