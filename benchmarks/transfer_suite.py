@@ -39,7 +39,11 @@ tests (``tests/test_benchmarks.py``); its accuracies mean nothing.
 targets those allow), so that a variant of the fine-tuned classifier, given by
 ``--finetune-params`` (extra ``FineTunedClassifier`` parameters, recorded in the output),
 can be compared with the hand probe on the same splits without rerunning the slow hand
-recipe.
+recipe. ``--combine REPORT ...`` prints one report from the JSON of several such runs on
+the same images (more seeds later, or the recipe run once on its own), judging the
+targets on every seed together:
+
+    python benchmarks/transfer_suite.py --combine seeds012.json seeds34.json recipe.json
 """
 
 from __future__ import annotations
@@ -297,9 +301,98 @@ def summarise(runs: list[dict], methods: tuple[str, ...]) -> dict:
     return summary
 
 
+def combine(reports: list[tuple[str, dict]]) -> dict:
+    """One report from several runs of the suite on the same splits.
+
+    Each seed's methods may come from different runs (the slow hand recipe once, the
+    fine-tuned classifier again after a change), so long as every run drew the same
+    images with the same backbone and no seed has a method twice. A seed's fine-tuned
+    fit and transferkit probe must come from one run: their fit times are compared, and
+    times from two processes or two days are not comparable. The summary judges the
+    methods that every seed has. Exits with what differs, and where, otherwise.
+    """
+    first_name, first = reports[0]
+    for name, report in reports[1:]:
+        for key in ("data", "backbone"):
+            if report[key] != first[key]:
+                sys.exit(f"error: {name} and {first_name} differ in their {key} "
+                         f"({report[key]} against {first[key]}); only runs on the same "
+                         f"splits, with the same backbone, can be combined.")
+    tuned_params = {json.dumps(report["finetune_params"], sort_keys=True): name
+                    for name, report in reports if "fine_tuned" in report["methods"]}
+    if len(tuned_params) > 1:
+        sys.exit("error: the fine-tuned classifier ran with different --finetune-params "
+                 f"in {' and '.join(tuned_params.values())} "
+                 f"({' against '.join(tuned_params)}); combine runs of one variant.")
+    by_seed: dict[int, dict] = {}
+    for name, report in reports:
+        for run in report["runs"]:
+            merged = by_seed.setdefault(run["seed"], {
+                "seed": run["seed"], "train_images": run["train_images"],
+                "test_images": run["test_images"], "sources": {}})
+            for method in METHODS:
+                if method not in run:
+                    continue
+                if method in merged:
+                    sys.exit(f"error: seed {run['seed']} has {method} in both "
+                             f"{merged['sources'][method]} and {name}; pass one of them.")
+                merged[method] = run[method]
+                merged["sources"][method] = name
+    runs = [by_seed[seed] for seed in sorted(by_seed)]
+    for run in runs:
+        sources = run["sources"]
+        if "fine_tuned" in run and "transferkit_probe" in run \
+                and sources["fine_tuned"] != sources["transferkit_probe"]:
+            sys.exit(f"error: seed {run['seed']} has fine_tuned from {sources['fine_tuned']} "
+                     f"and transferkit_probe from {sources['transferkit_probe']}; their fit "
+                     f"times are compared, so run the two together (--methods "
+                     f"transferkit_probe fine_tuned) and combine that run.")
+    methods = tuple(method for method in METHODS if all(method in run for run in runs))
+    return {
+        "benchmark": "transfer_suite",
+        "quick": any(report["quick"] for _, report in reports),
+        "combined_from": [name for name, _ in reports],
+        "data": first["data"],
+        "backbone": first["backbone"],
+        "methods": list(methods),
+        "finetune_params": next((report["finetune_params"] for _, report in reports
+                                 if "fine_tuned" in report["methods"]), {}),
+        "targets": TARGETS,
+        "runs": runs,
+        "summary": summarise(runs, methods),
+        "machines": {name: report.get("machine") for name, report in reports},
+    }
+
+
+def _read_reports(paths: list[Path]) -> list[tuple[str, dict]]:
+    reports = []
+    for path in paths:
+        try:
+            text = path.read_text()
+        except OSError as error:
+            sys.exit(f"error: cannot read the report {str(path)!r}: {error}")
+        try:  # what the suite printed on stdout, maybe after lines of its own
+            report = json.loads(text[text.find("{"):]) if "{" in text else None
+        except ValueError as error:
+            sys.exit(f"error: {str(path)!r} is not valid JSON: {error}")
+        if not isinstance(report, dict):
+            sys.exit(f"error: {str(path)!r} holds no JSON object; --combine takes what the "
+                     "suite printed on stdout.")
+        if report.get("benchmark") != "transfer_suite":
+            sys.exit(f"error: {str(path)!r} is not a transfer_suite report (its "
+                     f"\"benchmark\" is {report.get('benchmark')!r}).")
+        reports.append((str(path), report))
+    return reports
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="FOLDER/<class>/<image files>")
+    parser.add_argument("folder", type=Path, nargs="?",
+                        help="FOLDER/<class>/<image files>")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="REPORT",
+                        help="instead of running, combine the JSON reports of earlier runs "
+                             "on the same splits (other seeds, or other methods of the "
+                             "same seeds) into one")
     parser.add_argument("--per-class", type=int, default=150)
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -314,6 +407,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny random-weights run for the tests; accuracies mean nothing")
     args = parser.parse_args()
+    if args.combine:
+        if args.folder is not None:
+            parser.error("give either a FOLDER to run on or --combine REPORT ..., not both")
+        emit(combine(_read_reports(args.combine)))
+        return
+    if args.folder is None:
+        parser.error("the FOLDER of class sub-folders to run on is required (or --combine "
+                     "REPORT ... to combine earlier runs)")
     config = {"backbone": args.backbone, "backbone_kwargs": args.backbone_kwargs or {},
               "weights": None if args.weights == "none" else args.weights,
               "input_size": args.input_size, "recipe_epochs": 10, "finetune_overrides": {}}

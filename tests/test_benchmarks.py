@@ -188,6 +188,97 @@ def test_transfer_suite_runs_the_methods_asked_with_the_variant_asked(tmp_path):
                                            "finetune_epoch_kept_every_seed"}
 
 
+def _suite_report(seeds_methods: dict[int, dict[str, float]], folder: str = "/data/x") -> dict:
+    """A transfer_suite report as a run prints it: for each seed, each method's accuracy
+    (the fine-tuned fit taking 10 s and the probe 1 s, the fine-tuning epochs kept)."""
+    def result(method: str, accuracy: float) -> dict:
+        if method == "hand_recipe":
+            return {"best_accuracy": accuracy, "fit_seconds": 50.0}
+        scores = {"accuracy": accuracy, "log_loss": 0.3,
+                  "fit_seconds": {"fine_tuned": 10.0, "transferkit_probe": 1.0}.get(method, 3.0)}
+        return {**scores, "kept_epochs": 10} if method == "fine_tuned" else scores
+
+    methods = [m for m in ("hand_probe", "hand_recipe", "transferkit_probe", "fine_tuned")
+               if any(m in chosen for chosen in seeds_methods.values())]
+    return {"benchmark": "transfer_suite", "quick": False,
+            "data": {"folder": folder, "images_per_class": {"a": 150, "b": 150},
+                     "per_class_drawn": 150, "test_fraction": 0.2},
+            "backbone": {"backbone": "MobileNet", "backbone_kwargs": {"alpha": 0.25},
+                         "weights": "imagenet", "input_size": 224},
+            "methods": methods, "finetune_params": {},
+            "runs": [{"seed": seed, "train_images": 240, "test_images": 60,
+                      **{m: result(m, a) for m, a in chosen.items()}}
+                     for seed, chosen in seeds_methods.items()],
+            "machine": {"cpu_count": 2}}
+
+
+def _combine(tmp_path, *reports: dict) -> subprocess.CompletedProcess:
+    paths = []
+    for k, report in enumerate(reports):
+        paths.append(tmp_path / f"run{k}.json")
+        paths[-1].write_text(json.dumps(report))
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "transfer_suite.py"), "--combine",
+         *map(str, paths)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_transfer_suite_combines_other_seeds_and_a_recipe_run_on_its_own(tmp_path):
+    tuned = {"hand_probe": 0.8, "transferkit_probe": 0.8, "fine_tuned": 0.9}
+    result = _combine(tmp_path,
+                      _suite_report({0: tuned, 1: {**tuned, "fine_tuned": 0.84}}),
+                      _suite_report({0: {"hand_recipe": 0.8}, 1: {"hand_recipe": 0.9}}),
+                      _suite_report({2: {**tuned, "hand_recipe": 0.7}}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert [run["seed"] for run in report["runs"]] == [0, 1, 2]
+    assert report["runs"][0]["sources"]["hand_recipe"].endswith("run1.json")
+    assert report["runs"][0]["sources"]["fine_tuned"].endswith("run0.json")
+    summary = report["summary"]
+    assert summary["mean_accuracy"]["fine_tuned"] == pytest.approx((0.9 + 0.84 + 0.9) / 3,
+                                                                   abs=1e-4)
+    # Over the three seeds the recipe's mean is 0.8: the tuned classifier is 0.08 above.
+    assert summary["margin_over_hand_recipe"] == pytest.approx(0.08, abs=1e-4)
+    assert summary["time_over_transferkit_probe_by_seed"] == [10.0, 10.0, 10.0]
+    assert set(summary["targets_met"]) == {"hand_probe_plus_0.02", "hand_recipe_plus_0.05",
+                                           "time_at_most_15x_probe",
+                                           "finetune_epoch_kept_every_seed"}
+
+
+def test_transfer_suite_judges_only_the_methods_every_combined_seed_has(tmp_path):
+    result = _combine(tmp_path,
+                      _suite_report({0: {"hand_probe": 0.8, "hand_recipe": 0.7,
+                                         "fine_tuned": 0.9}}),
+                      _suite_report({1: {"hand_probe": 0.8, "fine_tuned": 0.9}}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["methods"] == ["hand_probe", "fine_tuned"]
+    assert "margin_over_hand_recipe" not in report["summary"]
+
+
+def test_transfer_suite_will_not_compare_fit_times_from_two_runs(tmp_path):
+    result = _combine(tmp_path,
+                      _suite_report({3: {"hand_probe": 0.8, "transferkit_probe": 0.8}}),
+                      _suite_report({3: {"fine_tuned": 0.9}}))
+    assert result.returncode != 0
+    assert "seed 3 has fine_tuned from" in result.stderr
+    assert "run1.json" in result.stderr and "run0.json" in result.stderr
+
+
+def test_transfer_suite_will_not_combine_runs_on_other_images(tmp_path):
+    result = _combine(tmp_path, _suite_report({0: {"fine_tuned": 0.9}}),
+                      _suite_report({1: {"fine_tuned": 0.9}}, folder="/data/y"))
+    assert result.returncode != 0
+    assert "differ in their data" in result.stderr and "/data/y" in result.stderr
+
+
+def test_transfer_suite_will_not_take_one_seeds_method_twice(tmp_path):
+    result = _combine(tmp_path, _suite_report({0: {"fine_tuned": 0.9}}),
+                      _suite_report({0: {"fine_tuned": 0.8}}))
+    assert result.returncode != 0
+    assert "seed 0 has fine_tuned in both" in result.stderr
+
+
 def test_head_blocks_compares_the_last_block_with_several_on_a_folder_of_classes(tmp_path):
     _class_folders(tmp_path, {"dark": 0, "bright": 150}, 8, seed=2)
     result = subprocess.run(
