@@ -272,6 +272,13 @@ def test_transfer_suite_will_not_combine_runs_on_other_images(tmp_path):
     assert "differ in their data" in result.stderr and "/data/y" in result.stderr
 
 
+def test_transfer_suite_will_not_combine_two_variants_of_the_fine_tuned_classifier(tmp_path):
+    variant = {**_suite_report({1: {"fine_tuned": 0.9}}), "finetune_params": {"epochs": 5}}
+    result = _combine(tmp_path, _suite_report({0: {"fine_tuned": 0.9}}), variant)
+    assert result.returncode != 0
+    assert "different --finetune-params" in result.stderr and '"epochs": 5' in result.stderr
+
+
 def test_transfer_suite_will_not_take_one_seeds_method_twice(tmp_path):
     result = _combine(tmp_path, _suite_report({0: {"fine_tuned": 0.9}}),
                       _suite_report({0: {"fine_tuned": 0.8}}))
