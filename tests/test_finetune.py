@@ -420,7 +420,8 @@ def test_residual_backbone_splits_at_a_block_and_keeps_batchnorm_statistics(data
     X, y = data
     params = {"backbone": "ResNet50", "cut": "conv3", "epochs": 2, "head_epochs": 3,
               "learning_rate": 1e-3}
-    clf = tiny(**params).fit(X, y)
+    # ImageNet's statistics kept: inference-mode layers do not update them while training.
+    clf = tiny(**params, batchnorm_statistics="pretrained").fit(X, y)
     assert clf.freeze_layer_ == "conv2_block3_out"
     assert clf.cached_
 
@@ -946,11 +947,82 @@ def test_freeze_until_after_cut_raises(data):
      ({"cache": "yes"}, "cache"), ({"class_weight": "even"}, "class_weight"),
      ({"head_init": "sgd"}, "head_init"), ({"crop_fraction": 0}, "crop_fraction"),
      ({"crop_fraction": 1.2}, "crop_fraction"), ({"head_views": -1}, "head_views"),
-     ({"crop_fraction": "whole"}, "crop_fraction='whole' must be 'auto' or a number in")],
+     ({"crop_fraction": "whole"}, "crop_fraction='whole' must be 'auto' or a number in"),
+     ({"batchnorm_statistics": "adabn"}, "use 'auto', 'pretrained' or 'target'")],
 )
 def test_invalid_parameters_name_the_value(data, params, match):
     with pytest.raises(ValueError, match=match):
         tiny(**params).fit(*data)
+
+
+# ------------------------------------------------------------------ BatchNormalization statistics
+# A MobileNet (VGG16 has no BatchNormalization) whose trainable part, the block of the cut
+# conv_pw_2, has two BatchNormalization layers; epochs=0 keeps the layers before them as
+# the statistics were estimated on.
+BATCHNORM_NET = {
+    "backbone": "MobileNet", "backbone_kwargs": {"alpha": 0.25}, "weights": None,
+    "input_size": 32, "cut": "conv_pw_2", "crop_fraction": 1.0, "augment": None,
+    "epochs": 0, "batch_size": 8, "random_state": 0,
+}
+
+
+def _batchnorm_statistics(clf: FineTunedClassifier) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(np.asarray(layer.moving_mean), np.asarray(layer.moving_variance))
+            for layer in clf._network.batchnorm_layers]
+
+
+def test_target_batchnorm_statistics_are_those_of_the_training_images(data):
+    X, y = data
+    clf = FineTunedClassifier(**BATCHNORM_NET, batchnorm_statistics="target").fit(X, y)
+    assert clf.batchnorm_statistics_ == "target"
+    network = clf._network
+    assert [layer.name for layer in network.batchnorm_layers] == ["conv_dw_2_bn", "conv_pw_2_bn"]
+    activations = network.frozen_net.predict(X.astype(np.float32), verbose=0)
+    inputs = network.batchnorm_inputs(activations)
+    for (mean, variance), x in zip(_batchnorm_statistics(clf), inputs, strict=True):
+        x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+        np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-3, atol=1e-6 * np.abs(x).max())
+        np.testing.assert_allclose(variance, x.var(axis=0), rtol=1e-3, atol=1e-6 * x.var().max())
+
+
+def test_pretrained_batchnorm_statistics_are_left_as_the_backbone_has_them(data):
+    clf = FineTunedClassifier(**BATCHNORM_NET, batchnorm_statistics="pretrained").fit(*data)
+    assert clf.batchnorm_statistics_ == "pretrained"
+    assert "batchnorm_statistics" not in clf.history_
+    for mean, variance in _batchnorm_statistics(clf):  # a random MobileNet's, as built
+        np.testing.assert_array_equal(mean, 0.0)
+        np.testing.assert_array_equal(variance, 1.0)
+
+
+def test_auto_batchnorm_statistics_keep_the_ones_the_probe_scores_lower(data):
+    clf = FineTunedClassifier(**BATCHNORM_NET).fit(*data)
+    losses = clf.history_["batchnorm_statistics"]["cv_log_loss"]
+    assert set(losses) == {"pretrained", "target"}
+    lower = min(losses, key=losses.get)
+    assert clf.batchnorm_statistics_ == clf.history_["batchnorm_statistics"]["chosen"] == lower
+    untouched = all(np.all(mean == 0) for mean, _ in _batchnorm_statistics(clf))
+    assert untouched == (lower == "pretrained")
+
+
+def test_target_batchnorm_statistics_are_refused_where_the_fit_streams_its_images(data):
+    with pytest.raises(ValueError, match=r"batchnorm_statistics='target' re-estimates .* "
+                                         r"\(cache=False\); use batchnorm_statistics='auto'"):
+        FineTunedClassifier(**BATCHNORM_NET, batchnorm_statistics="target",
+                            cache=False).fit(*data)
+
+
+def test_auto_batchnorm_statistics_stay_imagenets_where_the_fit_streams_and_say_why(
+        data, capsys):
+    clf = FineTunedClassifier(**BATCHNORM_NET, cache=False, verbose=1).fit(*data)
+    assert clf.batchnorm_statistics_ == "pretrained"
+    assert "batchnorm_statistics" not in clf.history_
+    assert ("batchnorm statistics: ImageNet's; re-estimating them needs the frozen "
+            "activations cached, and this fit streams its images") in capsys.readouterr().out
+
+
+def test_a_trainable_part_without_batchnorm_keeps_nothing_to_re_estimate(fitted):
+    assert fitted.batchnorm_statistics_ == "pretrained"  # VGG16 has no BatchNormalization
+    assert "batchnorm_statistics" not in fitted.history_
 
 
 # ------------------------------------------------------------------ scikit-learn integration

@@ -531,19 +531,21 @@ def test_another_transferkit_version_warns_naming_both(small, data, tmp_path):
 # last commit before the central crop; format2, the last before crop_fraction="auto";
 # format3, the last before label_smoothing and layer_decay; format4, the last before
 # head_blocks; format5, the last before validation_folds and temperature_; format6, the
-# current format.
+# last before batchnorm_statistics; format7, the current format.
 OLD_FILES = [("64e4ccd", "extractor.tkz"), ("64e4ccd", "classifier.tkz")]
 FORMAT_2_FILES = [("format2", "extractor.tkz"), ("format2", "classifier.tkz")]
 FORMAT_3_FILES = [("format3", "extractor.tkz"), ("format3", "classifier.tkz")]
 FORMAT_4_FILES = [("format4", "extractor.tkz"), ("format4", "classifier.tkz")]
 FORMAT_5_FILES = [("format5", "extractor.tkz"), ("format5", "classifier.tkz")]
+FORMAT_6_FILES = [("format6", "extractor.tkz"), ("format6", "classifier.tkz")]
 OLD_PICKLES = [("9769c3a", "extractor.joblib"), ("9769c3a", "classifier.joblib"),
                ("64e4ccd", "extractor.joblib"), ("64e4ccd", "classifier.joblib"),
                ("format2", "extractor.joblib"), ("format2", "classifier.joblib"),
                ("format3", "extractor.joblib"), ("format3", "classifier.joblib"),
                ("format4", "extractor.joblib"), ("format4", "classifier.joblib"),
-               ("format5", "extractor.joblib"), ("format5", "classifier.joblib")]
-CURRENT = [("format6", name) for name in ("extractor.tkz", "classifier.tkz",
+               ("format5", "extractor.joblib"), ("format5", "classifier.joblib"),
+               ("format6", "extractor.joblib"), ("format6", "classifier.joblib")]
+CURRENT = [("format7", name) for name in ("extractor.tkz", "classifier.tkz",
                                          "extractor.joblib", "classifier.joblib")]
 
 
@@ -579,12 +581,14 @@ BEFORE_THEY_EXISTED = {
     3: lambda model: (model.label_smoothing, model.layer_decay) == (0.0, 1.0),
     4: lambda model: model.head_blocks == 1 and model.head_layers_ == [model.cut_layer_],
     5: lambda model: (model.validation_folds, model.temperature_) == (None, 1.0),
+    6: lambda model: model.batchnorm_statistics == model.batchnorm_statistics_ == "pretrained",
 }
 
 
-@pytest.mark.parametrize(("folder", "name"), FORMAT_3_FILES + FORMAT_4_FILES + FORMAT_5_FILES,
+@pytest.mark.parametrize(("folder", "name"),
+                         FORMAT_3_FILES + FORMAT_4_FILES + FORMAT_5_FILES + FORMAT_6_FILES,
                          ids=_fixture_id)
-def test_files_of_formats_3_to_5_give_the_outputs_they_gave_when_saved(folder, name):
+def test_files_of_formats_3_to_6_give_the_outputs_they_gave_when_saved(folder, name):
     version = int(folder.removeprefix("format"))
     with pytest.warns(FileVersionWarning, match=f"format version {version}"):
         model = load(FIXTURES / folder / name)

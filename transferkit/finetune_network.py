@@ -76,6 +76,11 @@ class FineTuneNetwork:
         flattened, then those blocks' pooled outputs; ``trainable_net`` takes that row.
     head_widths : tuple of int
         The number of columns of each of ``head_layers``.
+    batchnorm_layers : tuple of keras.layers.BatchNormalization
+        The trainable part's, in the order it runs them (none where it has none).
+    batchnorm_inputs : keras.Model or None
+        Frozen activations -> the input of each of ``batchnorm_layers``: what
+        :mod:`transferkit.batchnorm_statistics` re-estimates their statistics from.
     """
 
     model: Any
@@ -95,6 +100,8 @@ class FineTuneNetwork:
     learning_rate_scales: dict = field(default_factory=dict)
     head_layers: tuple[str, ...] = ()
     head_widths: tuple[int, ...] = ()
+    batchnorm_layers: tuple = ()
+    batchnorm_inputs: Any = None
 
 
 def block_depths(full: Any, cut_layer: Any, layers: list, *, module: str, name: str,
@@ -269,6 +276,8 @@ def build_finetune_network(
                 f"transferkit.list_cut_points({trunk.name!r})."
             ) from exc
     prefix.trainable = False
+    batchnorm_layers = tuple(layer for layer in (suffix.layers if suffix is not None else [])
+                             if isinstance(layer, layers.BatchNormalization))
     if suffix is not None and not train_batchnorm:
         # Frozen statistics and no update; see the train_batchnorm docstring for why.
         for layer in suffix.layers:
@@ -335,7 +344,31 @@ def build_finetune_network(
                            framing=framing, augmentations=augmentations,
                            augment_seed=seeds["augment"], learning_rate_scales=scales,
                            head_layers=(*(layer.name for layer in extra), cut_layer.name),
-                           head_widths=tuple(widths))
+                           head_widths=tuple(widths), batchnorm_layers=batchnorm_layers,
+                           batchnorm_inputs=_batchnorm_inputs(
+                               prefix, full, freeze_layer, frozen_shape, batchnorm_layers))
+
+
+def _batchnorm_inputs(prefix: Any, full: Any, freeze_layer: Any, frozen_shape: Any,
+                      batchnorm_layers: tuple) -> Any:
+    """Frozen activations (the prefix's output) -> the input of each layer of
+    ``batchnorm_layers`` (the trainable part's BatchNormalization layers); None without
+    any."""
+    import keras
+
+    if not batchnorm_layers:
+        return None
+    start = full.inputs if freeze_layer is None else freeze_layer.output
+    # Each layer's first input is the one it has in the backbone, which the trainable
+    # part was cut from: the same layers, so the same statistics, reached the same way.
+    to_inputs = keras.Model(start, [layer.input for layer in batchnorm_layers])
+    activations = keras.Input(tuple(prefix.output.shape[1:]), name="frozen_output")
+    x = activations
+    if frozen_shape is not None:  # the prefix flattened them, the frozen blocks' after
+        x = keras.layers.Reshape(frozen_shape)(x[:, :math.prod(frozen_shape)])
+    outputs = to_inputs(x)
+    return keras.Model(activations, outputs if isinstance(outputs, (list, tuple))
+                       else [outputs], name="batchnorm_inputs")
 
 
 def _pixel_networks(prefix: Any, trainable_net: Any, layout: NetworkLayout, framing: float,

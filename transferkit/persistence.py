@@ -90,7 +90,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "transferkit.estimator"
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 """Version of what a file holds, raised by every change to it: a member, a manifest field,
 a parameter or a fitted attribute of an estimator (then also give the new parameter its
 entry in :data:`VALUES_BEFORE_THEY_EXISTED`, and add fixtures of the new format to
@@ -103,6 +103,7 @@ entry in :data:`VALUES_BEFORE_THEY_EXISTED`, and add fixtures of the new format 
 4. FineTunedClassifier's ``label_smoothing`` and ``layer_decay``.
 5. FineTunedClassifier's ``head_blocks`` (and ``head_layers_``, set again by every build).
 6. FineTunedClassifier's ``validation_folds`` and ``temperature_``.
+7. FineTunedClassifier's ``batchnorm_statistics`` and ``batchnorm_statistics_``.
 """
 
 ESTIMATORS = ("KerasFeatureExtractor", "FineTunedClassifier")

@@ -63,6 +63,9 @@ VALUES_BEFORE_THEY_EXISTED: dict[str, dict[str, Any]] = {
         # logits were not calibrated.
         "validation_folds": None,
         "temperature_": 1.0,
+        # Format 7: the trainable part normalised with ImageNet's statistics.
+        "batchnorm_statistics": "pretrained",
+        "batchnorm_statistics_": "pretrained",
     },
 }
 """For each estimator, parameters and attributes added after its first release, mapped to
