@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transferkit.batchnorm_statistics import reestimate_statistics, restore_statistics
+from transferkit.batchnorm_statistics import reestimate_statistics
 
 
 @pytest.fixture
@@ -64,19 +64,29 @@ def test_the_statistics_do_not_depend_on_the_batch_size(chain):
         np.testing.assert_allclose(layer.moving_variance, expected, rtol=1e-5)
 
 
-def test_restore_gives_back_the_statistics_from_before(chain):
-    inputs_net, layers, _ = chain
-    before = [(np.asarray(layer.moving_mean), np.asarray(layer.moving_variance))
-              for layer in layers]
-    previous = reestimate_statistics(inputs_net, layers, _activations())
-    assert not np.allclose(layers[0].moving_mean, before[0][0])
-    restore_statistics(layers, previous)
-    for layer, (mean, variance) in zip(layers, before, strict=True):
-        np.testing.assert_array_equal(layer.moving_mean, mean)
-        np.testing.assert_array_equal(layer.moving_variance, variance)
-
-
 def test_no_images_is_refused(chain):
     inputs_net, layers, _ = chain
     with pytest.raises(ValueError, match="at least one image"):
         reestimate_statistics(inputs_net, layers, _activations()[:0])
+
+
+def test_a_residual_block_is_re_estimated_through_its_skip_connection():
+    from transferkit.finetune_network import build_finetune_network
+
+    # ResNet50 cut after its conv3 stage, frozen up to conv2: four residual blocks trained.
+    network = build_finetune_network(
+        "ResNet50", weights=None, input_size=32, cut="conv3", backbone_kwargs=None,
+        freeze_until="auto", train_batchnorm=False, pooling="avg", dropout=0.0,
+        hidden_units=None, head_l2=0.0, crop_fraction=1.0, augmentations=(), n_classes=2,
+        seeds=dict.fromkeys(("init", "dropout", "augment", "split", "shuffle"), 0),
+        head_blocks=1)
+    assert network.freeze_layer == "conv2_block3_out"
+    assert len(network.batchnorm_layers) == 13  # 3 per block, and the first block's shortcut
+    pixels = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
+    activations = np.asarray(network.prefix(pixels))
+    reestimate_statistics(network.batchnorm_inputs, network.batchnorm_layers, activations)
+    inputs = network.batchnorm_inputs(activations)
+    for layer, x in zip(network.batchnorm_layers, inputs, strict=True):
+        x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+        np.testing.assert_allclose(layer.moving_mean, x.mean(axis=0), rtol=1e-3,
+                                   atol=1e-5 * np.abs(x).max())

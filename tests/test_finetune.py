@@ -948,7 +948,7 @@ def test_freeze_until_after_cut_raises(data):
      ({"head_init": "sgd"}, "head_init"), ({"crop_fraction": 0}, "crop_fraction"),
      ({"crop_fraction": 1.2}, "crop_fraction"), ({"head_views": -1}, "head_views"),
      ({"crop_fraction": "whole"}, "crop_fraction='whole' must be 'auto' or a number in"),
-     ({"batchnorm_statistics": "adabn"}, "use 'auto', 'pretrained' or 'target'")],
+     ({"batchnorm_statistics": "auto"}, "use 'pretrained' or 'target'")],
 )
 def test_invalid_parameters_name_the_value(data, params, match):
     with pytest.raises(ValueError, match=match):
@@ -986,43 +986,26 @@ def test_target_batchnorm_statistics_are_those_of_the_training_images(data):
 
 
 def test_pretrained_batchnorm_statistics_are_left_as_the_backbone_has_them(data):
-    clf = FineTunedClassifier(**BATCHNORM_NET, batchnorm_statistics="pretrained").fit(*data)
+    clf = FineTunedClassifier(**BATCHNORM_NET).fit(*data)  # the default
     assert clf.batchnorm_statistics_ == "pretrained"
-    assert "batchnorm_statistics" not in clf.history_
     for mean, variance in _batchnorm_statistics(clf):  # a random MobileNet's, as built
         np.testing.assert_array_equal(mean, 0.0)
         np.testing.assert_array_equal(variance, 1.0)
 
 
-def test_auto_batchnorm_statistics_keep_the_ones_the_probe_scores_lower(data):
-    clf = FineTunedClassifier(**BATCHNORM_NET).fit(*data)
-    losses = clf.history_["batchnorm_statistics"]["cv_log_loss"]
-    assert set(losses) == {"pretrained", "target"}
-    lower = min(losses, key=losses.get)
-    assert clf.batchnorm_statistics_ == clf.history_["batchnorm_statistics"]["chosen"] == lower
-    untouched = all(np.all(mean == 0) for mean, _ in _batchnorm_statistics(clf))
-    assert untouched == (lower == "pretrained")
-
-
 def test_target_batchnorm_statistics_are_refused_where_the_fit_streams_its_images(data):
     with pytest.raises(ValueError, match=r"batchnorm_statistics='target' re-estimates .* "
-                                         r"\(cache=False\); use batchnorm_statistics='auto'"):
+                                         r"\(cache=False\); use batchnorm_statistics="
+                                         r"'pretrained'"):
         FineTunedClassifier(**BATCHNORM_NET, batchnorm_statistics="target",
                             cache=False).fit(*data)
 
 
-def test_auto_batchnorm_statistics_stay_imagenets_where_the_fit_streams_and_say_why(
-        data, capsys):
-    clf = FineTunedClassifier(**BATCHNORM_NET, cache=False, verbose=1).fit(*data)
-    assert clf.batchnorm_statistics_ == "pretrained"
-    assert "batchnorm_statistics" not in clf.history_
-    assert ("batchnorm statistics: ImageNet's; re-estimating them needs the frozen "
-            "activations cached, and this fit streams its images") in capsys.readouterr().out
-
-
-def test_a_trainable_part_without_batchnorm_keeps_nothing_to_re_estimate(fitted):
-    assert fitted.batchnorm_statistics_ == "pretrained"  # VGG16 has no BatchNormalization
-    assert "batchnorm_statistics" not in fitted.history_
+def test_a_trainable_part_without_batchnorm_has_no_statistics_to_re_estimate(data, capsys):
+    clf = tiny(batchnorm_statistics="target", epochs=0, verbose=1).fit(*data)
+    assert clf.batchnorm_statistics_ == "pretrained"  # VGG16 has no BatchNormalization
+    assert ("batchnorm statistics: ImageNet's; the trainable part has no BatchNormalization "
+            "layer to re-estimate") in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ scikit-learn integration

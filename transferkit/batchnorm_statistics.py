@@ -16,8 +16,8 @@ ImageNet's and the trained block's inputs are what it computes.
 Who owns what: :func:`transferkit.finetune_network.build_finetune_network` builds the
 network from the frozen activations to every re-estimated layer's input
 (``FineTuneNetwork.batchnorm_inputs``); this module computes the statistics and sets
-them; :class:`transferkit.FineTunedClassifier` decides whether a fit keeps them
-(``batchnorm_statistics``).
+them; :class:`transferkit.FineTunedClassifier` asks for them
+(``batchnorm_statistics="target"``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["reestimate_statistics", "restore_statistics"]
+__all__ = ["reestimate_statistics"]
 
 
 def _input_moments(inputs_net: Any, k: int, activations: np.ndarray,
@@ -49,7 +49,7 @@ def _input_moments(inputs_net: Any, k: int, activations: np.ndarray,
 
 
 def reestimate_statistics(inputs_net: Any, layers: Sequence[Any], activations: np.ndarray,
-                          batch_size: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
+                          batch_size: int = 256) -> None:
     """Set each BatchNormalization layer's moving mean and variance to its inputs' own.
 
     Parameters
@@ -63,11 +63,6 @@ def reestimate_statistics(inputs_net: Any, layers: Sequence[Any], activations: n
     batch_size : int, default=256
         Images per call of ``inputs_net``.
 
-    Returns
-    -------
-    list of (mean, variance)
-        Each layer's statistics before, for :func:`restore_statistics`.
-
     Notes
     -----
     One layer after the other: a layer's inputs are computed once the layers before it
@@ -77,18 +72,7 @@ def reestimate_statistics(inputs_net: Any, layers: Sequence[Any], activations: n
     if len(activations) == 0:
         raise ValueError("re-estimating BatchNormalization statistics needs at least one "
                          "image; got no activations.")
-    previous = []
     for k, layer in enumerate(layers):
-        previous.append((np.asarray(layer.moving_mean), np.asarray(layer.moving_variance)))
         mean, variance = _input_moments(inputs_net, k, activations, batch_size)
         layer.moving_mean.assign(mean.astype(np.float32))
         layer.moving_variance.assign(variance.astype(np.float32))
-    return previous
-
-
-def restore_statistics(layers: Sequence[Any],
-                       previous: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
-    """Give ``layers`` back the statistics :func:`reestimate_statistics` returned."""
-    for layer, (mean, variance) in zip(layers, previous, strict=True):
-        layer.moving_mean.assign(mean)
-        layer.moving_variance.assign(variance)

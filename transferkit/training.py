@@ -780,53 +780,37 @@ def _one_blas_thread(function: Callable) -> Callable:
 
 
 @_one_blas_thread
-def probe_log_losses(features: dict[Any, np.ndarray], y: np.ndarray, w: np.ndarray,
-                     n_classes: int, seed: int) -> dict[Any, float] | None:
-    """Cross-validated log-loss of a linear probe on each candidate's features.
-
-    ``features`` maps each candidate to one row of features per image. Each is scored by
-    the same stratified 3-fold cross-validation of the logistic head (:data:`HEAD_CS`,
-    ``sample_weight`` ``w``), on the same folds: the best penalty's mean held-out
-    log-loss. None where a class is too small to cross-validate.
-    """
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.model_selection import StratifiedKFold
-
-    candidates = list(features)
-    n_splits = int(min(3, np.bincount(y, minlength=n_classes).min()))
-    if n_splits < 2:
-        return None
-    folds = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(
-        features[candidates[0]], y))
-    losses = {}
-    for candidate in candidates:
-        fitted = LogisticRegressionCV(
-            Cs=HEAD_CS, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=2000, tol=1e-3,
-            use_legacy_attributes=False, cv=folds,
-        ).fit(features[candidate], y, sample_weight=w)
-        losses[candidate] = float(-np.asarray(fitted.scores_).mean(axis=0).max())
-    return losses
-
-
 def choose_framing(features: dict[float, np.ndarray], y: np.ndarray, w: np.ndarray,
                    n_classes: int, seed: int,
                    log: Callable[[str], None]) -> tuple[float, dict[float, float] | None]:
     """The framing whose central views a linear probe separates best, and every score.
 
     ``features`` maps each framing to the pooled features of the images' central views
-    at it, scored by :func:`probe_log_losses`; the lowest wins, the first on a tie. With
-    one framing, or a class too small to cross-validate, the first framing and no scores.
+    at it. Each is scored by the log-loss of the same stratified 3-fold cross-validation
+    of the logistic head (:data:`HEAD_CS`), on the same folds; the lowest wins, the first
+    on a tie. With one framing, or a class too small to cross-validate, the first framing
+    and no scores.
     """
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
     candidates = list(features)
-    if len(candidates) == 1:
+    n_splits = int(min(3, np.bincount(y, minlength=n_classes).min()))
+    if len(candidates) == 1 or n_splits < 2:
         return candidates[0], None
     started = time.perf_counter()
-    losses = probe_log_losses(features, y, w, n_classes, seed)
-    if losses is None:
-        return candidates[0], None
+    folds = list(StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(
+        features[candidates[0]], y))
+    losses = {}
+    for framing in candidates:
+        fitted = LogisticRegressionCV(
+            Cs=HEAD_CS, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=2000, tol=1e-3,
+            use_legacy_attributes=False, cv=folds,
+        ).fit(features[framing], y, sample_weight=w)
+        losses[framing] = float(-np.asarray(fitted.scores_).mean(axis=0).max())
     chosen = min(candidates, key=lambda framing: losses[framing])  # first on a tie
     scores = ", ".join(f"{framing:g}: {loss:.4f}" for framing, loss in losses.items())
-    log(f"framing: crop_fraction={chosen:g}, by cross-validated log-loss ({scores}; "
+    log(f"framing: crop_fraction={chosen:g}, by {n_splits}-fold CV log-loss ({scores}; "
         f"{time.perf_counter() - started:.1f} s)")
     return chosen, losses
 
