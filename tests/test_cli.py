@@ -377,6 +377,43 @@ def test_predict_with_an_extractor_file_says_it_is_not_a_classifier(image_folder
     assert f"'{model}' holds a KerasFeatureExtractor, not a classifier" in err
 
 
+def test_train_finetune_passes_batchnorm_statistics_to_the_classifier(image_folder, tmp_path):
+    from transferkit import load
+    from transferkit.cli import main
+
+    output = tmp_path / "tuned.tkz"
+    assert main(["train", str(image_folder), "-o", str(output), "--finetune", "--epochs", "1",
+                 "--validation-fraction", "0.25", "--quiet", "--batchnorm-statistics",
+                 "target", *SMALL]) == 0
+    assert load(output).batchnorm_statistics == "target"
+
+
+def test_batchnorm_statistics_without_finetune_says_to_add_it(image_folder, tmp_path, capsys):
+    err = _cli_error(capsys, "train", image_folder, "-o", tmp_path / "model.joblib",
+                     "--batchnorm-statistics", "target", *SMALL)
+    assert "--batchnorm-statistics target: the statistics are those of the network " \
+           "fine-tuning trains; add --finetune" in err
+
+
+def test_a_streamed_fit_refuses_target_statistics_in_the_words_of_the_command_line():
+    from argparse import Namespace
+
+    from transferkit import FineTunedClassifier
+    from transferkit.advice import worded
+    from transferkit.cli import _ways_out
+
+    X = np.zeros((6, 32, 32, 3), dtype=np.uint8)
+    y = np.array(["a", "b"] * 3)
+    with pytest.raises(ValueError) as error:
+        FineTunedClassifier("MobileNet", weights=None, backbone_kwargs={"alpha": 0.25},
+                            input_size=32, cut="conv_pw_2", cache=False,
+                            batchnorm_statistics="target").fit(X, y)
+    message = worded(error.value, _ways_out(Namespace()))
+    assert message.startswith("--batchnorm-statistics target re-estimates the statistics")
+    assert message.endswith("use --batchnorm-statistics pretrained (the default), or fewer "
+                            "images.")
+
+
 def test_train_finetune_to_a_tkz_file_that_predict_reads(image_folder, tmp_path, capsys):
     from transferkit import FineTunedClassifier, load
     from transferkit.cli import main

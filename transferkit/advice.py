@@ -50,6 +50,9 @@ PYTHON: dict[str, str] = {
                           "a trusted source).",
     "other_zip_files": "a Keras '.keras' file? load it with keras.saving.load_model; features "
                        "from 'transferkit extract'? load them with numpy.load",
+    "statistics_target": "batchnorm_statistics='target'",
+    "statistics_pretrained": "batchnorm_statistics='pretrained'",
+    "fewer_views": "fewer images or head_views",
 }
 """The ways out a message may name, as a Python caller takes them.
 

@@ -64,6 +64,9 @@ def _ways_out(args: argparse.Namespace) -> dict[str, str]:
         "model_file_formats": "Pass a model written by 'transferkit train -o MODEL'.",
         "other_zip_files": "features written by 'transferkit extract' are zip files too, but "
                            "hold no model",
+        "statistics_target": "--batchnorm-statistics target",
+        "statistics_pretrained": "--batchnorm-statistics pretrained (the default)",
+        "fewer_views": "fewer images",
     }
 
 
@@ -304,6 +307,12 @@ def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
                             "feature extraction + logistic regression")
     train.add_argument("--epochs", type=int, default=10,
                        help="fine-tuning epochs with --finetune (default 10)")
+    train.add_argument("--batchnorm-statistics", choices=("pretrained", "target"),
+                       default=None,
+                       help="with --finetune: what the trained block's BatchNormalization "
+                            "layers normalise with, ImageNet's statistics (the default) or "
+                            "statistics re-estimated on the training images (for images far "
+                            "from photographs)")
     train.add_argument("--random-state", type=int, default=0)
     train.add_argument("--quiet", action="store_true", help="no progress output")
     _add_backbone_options(train, default="ResNet50")
@@ -630,6 +639,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from .extractor import KerasFeatureExtractor
     from .finetune import FineTunedClassifier
 
+    if args.batchnorm_statistics is not None and not args.finetune:
+        raise UsageError(
+            f"--batchnorm-statistics {args.batchnorm_statistics}: the statistics are those of "
+            "the network fine-tuning trains; add --finetune, or leave the option out for "
+            "features + logistic regression.")
     output = _writable_output(args.output, "model.joblib")
     if output.suffix.lower() == MODEL_FILE_SUFFIX and not args.finetune:
         raise UsageError(
@@ -668,6 +682,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
             cut=args.cut, input_size=args.input_size, batch_size=args.batch_size or 32,
             epochs=args.epochs, verbose=0 if args.quiet else 1, random_state=args.random_state,
             runtime=args.runtime, **_crop_kwargs(args),
+            batchnorm_statistics=args.batchnorm_statistics or "pretrained",
         )
         if not args.quiet:
             scored = "--val" if args.val is not None else "the images --validation-fraction " \

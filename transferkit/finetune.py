@@ -30,6 +30,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted
 
+from .advice import advised
 from .batchnorm_statistics import reestimate_statistics
 from .finetune_network import (
     build_finetune_network,
@@ -823,14 +824,14 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         self.cached_ = self._caches_frozen_activations(n_views, n_images)
         if self.batchnorm_statistics == "target" and not self.cached_ \
                 and network.batchnorm_layers:
-            raise ValueError(
-                "batchnorm_statistics='target' re-estimates the statistics from the cached "
-                "frozen activations, and this fit would stream its images ("
-                + ("freeze_until=None freezes nothing to cache" if self.freeze_layer_ is None
-                   else "cache=False" if self.cache is False else
-                   f"the activations of {n_images} images x {1 + n_views} views exceed the "
-                   f"cache's {_FROZEN_ACTIVATIONS_MAX_BYTES / 2**30:g} GiB")
-                + "); use batchnorm_statistics='pretrained', or fewer images or head_views.")
+            reason = ("freeze_until=None freezes nothing to cache" if self.freeze_layer_ is None
+                      else "cache=False" if self.cache is False else
+                      f"the activations of {n_images} images x {1 + n_views} views exceed the "
+                      f"cache's {_FROZEN_ACTIVATIONS_MAX_BYTES / 2**30:g} GiB")
+            raise advised(
+                ValueError, "{statistics_target} re-estimates the statistics from the cached "
+                "frozen activations, and this fit would stream its images ({reason}); use "
+                "{statistics_pretrained}, or {fewer_views}.", reason=reason)
         settings = PhaseSettings(self.batch_size, self.source_size_, self.n_iter_no_change,
                                  self._log)
         # A logistic head's cross-validation decides whether the views help: decide on a
