@@ -324,13 +324,13 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         head is fitted; nothing is learned ("AdaBN", Li et al. 2016). Images unlike
         ImageNet's reach the trainable part with other statistics than ImageNet's, and
         its pretrained layers then read channels shifted and scaled away from what they
-        learned on. On the brain MRI scans of :doc:`benchmarks` ``"target"`` lowered the
-        test log-loss on four seeds of five and kept fine-tuning on all five; on the
-        textures, the digits' accuracy and hymenoptera it did not help, and a
-        cross-validated choice between the two did not pick the better one reliably,
-        so the default stays ImageNet's. Estimated from the cached frozen activations:
-        a fit that streams its images (``cache=False``, or too many images) rejects
-        ``"target"``.
+        learned on. On the brain MRI scans of ``docs/benchmarks.rst``, ``"target"``
+        lowered the test log-loss on four seeds of five and kept fine-tuning on all
+        five; on the textures and hymenoptera it cost test images, on the digits it
+        dropped fine-tuning on one seed of five, and a cross-validated choice between
+        the two did not pick the better one reliably: the default stays ImageNet's.
+        Estimated from the cached frozen activations: a fit that streams its images
+        (``cache=False``, or too many images) rejects ``"target"``.
     label_smoothing : float, default=0.0
         Label smoothing ``e`` of the loss the fine-tuning phase (and an Adam head)
         trains on: the target puts ``1 - e`` on the label and ``e / n_classes`` on every
