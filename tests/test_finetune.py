@@ -367,9 +367,12 @@ def test_same_random_state_gives_the_same_predictions(fitted, data):
     again = tiny().fit(X, y)
     np.testing.assert_array_equal(again.predict_proba(X), fitted.predict_proba(X))
     other = tiny(random_state=1).fit(X, y)
-    # Log-probabilities: confident predictions of both models round to 0 and 1.
-    assert not np.allclose(np.log(other.predict_proba(X)), np.log(fitted.predict_proba(X)),
-                           atol=1e-3)
+    # Log-probabilities: confident predictions of both models round to 0 and 1 (floored at
+    # the smallest float, where a probability underflows to 0).
+    def log_proba(model):
+        return np.log(np.maximum(model.predict_proba(X), np.finfo(np.float64).tiny))
+
+    assert not np.allclose(log_proba(other), log_proba(fitted), atol=1e-3)
 
 
 def test_cached_and_uncached_training_give_the_same_predictions(fitted, data):
