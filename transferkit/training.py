@@ -410,6 +410,23 @@ def more_views(frozen: FrozenPass, network: Any, images: ImageCollection, n_more
     return replace(frozen, view_features=view_features, bank=bank)
 
 
+def repooled(frozen: FrozenPass, network: Any, settings: PhaseSettings) -> FrozenPass:
+    """``frozen`` with its features pooled again by the trainable part as it is now.
+
+    The cached activations (central views and the views' bank) are the same arrays, not
+    copies; the pooled features of the central views and of every view are new. For
+    a trainable part whose weights or BatchNormalization statistics changed
+    (:func:`tuned_features`, :mod:`transferkit.batchnorm_statistics`).
+    """
+    if frozen.central is None:
+        raise ValueError("repooled needs the cached frozen activations of a pass with "
+                         "cached=True; this pass streamed its images.")
+    pool = _pooled(network, settings, frozen.traced)
+    bank = frozen.bank
+    view_features = [] if bank is None else [pool(bank.view(k)) for k in range(bank.n_views)]
+    return replace(frozen, features=pool(frozen.central), view_features=view_features)
+
+
 def tuned_features(frozen: FrozenPass, network: Any, settings: PhaseSettings,
                    rows: np.ndarray, views: bool = True) -> FrozenPass:
     """The pass of the images at ``rows``, pooled by the trainable part as it is now.
@@ -423,30 +440,9 @@ def tuned_features(frozen: FrozenPass, network: Any, settings: PhaseSettings,
     if frozen.central is None:
         raise ValueError("tuned_features needs the cached frozen activations of a pass "
                          "with cached=True; this pass streamed its images.")
-    pool = _pooled(network, settings, frozen.traced)
-    central = frozen.central[rows]
-    bank = None if frozen.bank is None else frozen.bank.take(rows)
-    view_features = ([pool(bank.view(k)) for k in range(bank.n_views)]
-                     if views and bank is not None else [])
-    return replace(frozen, central=central, features=pool(central),
-                   view_features=view_features, bank=bank if views else None)
-
-
-def repooled(frozen: FrozenPass, network: Any, settings: PhaseSettings) -> FrozenPass:
-    """``frozen`` with its features pooled again by the trainable part as it is now.
-
-    The cached activations (central views and the views' bank) are the same arrays, not
-    copies; the pooled features of the central views and of every view are new. For
-    a trainable part whose BatchNormalization statistics changed
-    (:mod:`transferkit.batchnorm_statistics`).
-    """
-    if frozen.central is None:
-        raise ValueError("repooled needs the cached frozen activations of a pass with "
-                         "cached=True; this pass streamed its images.")
-    pool = _pooled(network, settings, frozen.traced)
-    bank = frozen.bank
-    view_features = [] if bank is None else [pool(bank.view(k)) for k in range(bank.n_views)]
-    return replace(frozen, features=pool(frozen.central), view_features=view_features)
+    bank = frozen.bank.take(rows) if views and frozen.bank is not None else None
+    return repooled(replace(frozen, central=frozen.central[rows], bank=bank), network,
+                    settings)
 
 
 def cross_entropies(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> np.ndarray:
