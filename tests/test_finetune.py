@@ -747,6 +747,80 @@ def test_the_check_judges_calibrated_losses_pooled_over_every_held_out_image():
     assert pooled["seconds"] == [2.0] and "held_out" not in runs[0]
 
 
+def _refit_run(rng: np.random.Generator, n: int, refit_noise: float,
+               own_noise: float) -> dict:
+    """A check's run whose refit head and own (Adam's) head differ from the start's."""
+    from transferkit.training import cross_entropies
+
+    y = rng.integers(0, 3, n)
+    start = rng.normal(size=(n, 3)) + 1.5 * np.eye(3)[y]
+    refit = start + rng.normal(scale=refit_noise, size=start.shape)
+    own = start + rng.normal(scale=own_noise, size=start.shape)
+    return {"held_out": (y, start, refit), "held_out_last_epoch": own, "loss": [0.5],
+            "accuracy": [0.8], "seconds": [1.0], "learning_rate": [1e-4],
+            "val_loss": [float(cross_entropies(own, y).mean())],
+            "val_accuracy": [float((own.argmax(1) == y).mean())],
+            "initial_val_loss": float(cross_entropies(start, y).mean()),
+            "initial_val_accuracy": float((start.argmax(1) == y).mean())}
+
+
+def test_the_check_falls_back_on_adams_head_where_only_the_refit_is_clearly_worse():
+    from transferkit.training import fit_temperature, pool_folds
+
+    rng = np.random.default_rng(0)
+    # The refit's logits scrambled by noise, Adam's head the start's: the tuned layers
+    # did no harm, the refit did.
+    runs = [_refit_run(rng, 200, 2.0, 0.0), _refit_run(rng, 200, 2.0, 0.0)]
+    own = np.concatenate([r["held_out_last_epoch"] for r in runs])
+    y = np.concatenate([r["held_out"][0] for r in runs])
+    pooled = pool_folds(runs)
+    assert not pooled["worse_than_start"] and not pooled["head_refit"]
+    assert pooled["calibrated_val_loss_refit"] > pooled["calibrated_initial_val_loss"] + 0.1
+    assert pooled["calibrated_val_loss"] == pytest.approx(
+        pooled["calibrated_val_loss_own_head"])
+    assert pooled["temperature"]["fine_tuned"] == pytest.approx(fit_temperature(own, y))
+    assert "held_out_last_epoch" not in runs[0]
+
+
+def test_the_check_drops_fine_tuning_where_both_heads_are_clearly_worse():
+    from transferkit.training import pool_folds
+
+    rng = np.random.default_rng(1)
+    pooled = pool_folds([_refit_run(rng, 200, 2.0, 2.0), _refit_run(rng, 200, 2.0, 2.0)])
+    assert pooled["worse_than_start"] and pooled["head_refit"]
+    assert pooled["calibrated_val_loss"] == pytest.approx(pooled["calibrated_val_loss_refit"])
+    assert pooled["calibrated_val_loss_own_head"] > pooled["calibrated_initial_val_loss"]
+
+
+def test_the_check_keeps_the_refit_head_where_it_is_not_clearly_worse():
+    from transferkit.training import pool_folds
+
+    rng = np.random.default_rng(2)
+    # Adam's head scrambled, the refit the start's: the refit is judged, nothing else.
+    pooled = pool_folds([_refit_run(rng, 200, 0.0, 2.0), _refit_run(rng, 200, 0.0, 2.0)])
+    assert not pooled["worse_than_start"] and pooled["head_refit"]
+    assert "calibrated_val_loss_own_head" not in pooled
+
+
+def test_a_fit_whose_check_blamed_the_refit_keeps_adams_head_and_says_so(data, monkeypatch):
+    import transferkit.finetune as finetune_module
+    from transferkit.training import pool_folds
+
+    def refit_blamed(runs):
+        pooled = pool_folds(runs)
+        pooled.update(worse_than_start=False, head_refit=False,
+                      calibrated_val_loss_refit=9.0, calibrated_val_loss_own_head=0.5)
+        return pooled
+
+    monkeypatch.setattr(finetune_module, "pool_folds", refit_blamed)
+    clf = tiny(head_init="logistic").fit(*data)
+    assert clf.history_["kept_epochs"] == TINY["epochs"]
+    assert not clf.history_["head_refit_on_tuned"]
+    assert ("with the head trained along with them (refit on the features they tuned, it "
+            "had scored clearly worse than the head alone: calibrated loss 9.0000)"
+            in clf.history_["summary"])
+
+
 def test_the_check_folds_every_image_and_the_final_network_predicts_calibrated(data):
     X, y = data
     clf = tiny().fit(X, y)
@@ -867,8 +941,11 @@ def test_a_run_scores_its_held_out_images_again_after_its_last_epoch_hook():
     np.testing.assert_array_equal(last, 0.0)  # the logits after the hook are judged
     assert history["val_loss_after"] == pytest.approx(np.log(2.0))
     assert cross_entropies(last, labels).mean() == pytest.approx(np.log(2.0))
-    # The epochs' own scores are those of the trained weights, before the hook.
+    # The epochs' own scores are those of the trained weights, before the hook, and
+    # their logits are kept for the check to fall back on.
     assert len(history["val_loss"]) == 2 and history["val_loss"][-1] != pytest.approx(np.log(2))
+    assert cross_entropies(history["held_out_last_epoch"], labels).mean() == pytest.approx(
+        history["val_loss"][-1], rel=1e-5)
 
 
 def test_logistic_head_with_a_hidden_layer_falls_back_to_adam(data):

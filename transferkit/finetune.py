@@ -118,11 +118,18 @@ def _what_was_kept(history: dict, epochs: int, n_images: int) -> str:
                         {"fine_tuned": tuning["val_accuracy"][-1],
                          "head": tuning["initial_val_accuracy"]})
     accuracies = f"; accuracy {judged['fine_tuned']:.3f} against {judged['head']:.3f}"
+    own_head = (f"; with the head trained along with them instead of refit, "
+                f"{tuning['calibrated_val_loss_own_head']:.4f}"
+                if "calibrated_val_loss_own_head" in tuning else "")
     if kept == 0:
         return (f"kept the head alone, fitted on all {n_images} images, the backbone as "
                 f"pretrained: after {epochs} fine-tuning epoch{'s' if epochs != 1 else ''} the "
                 f"{held_out} scored clearly worse than with the head alone (calibrated loss "
-                f"{last:.4f} against {start:.4f}{accuracies}).")
+                f"{last:.4f} against {start:.4f}{accuracies}{own_head}).")
+    if "calibrated_val_loss_refit" in tuning and not tuning["head_refit"]:
+        refit = (f", with the head trained along with them (refit on the features they "
+                 f"tuned, it had scored clearly worse than the head alone: calibrated loss "
+                 f"{tuning['calibrated_val_loss_refit']:.4f})")
     verdict = "lower than" if last < start else "not clearly worse than"
     return (f"kept all {kept} fine-tuning epochs, trained again on all {n_images} "
             f"images{refit}: on the {held_out} their calibrated loss was {verdict} the "
@@ -276,7 +283,11 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         fine-tuning learned in its layers, and its head is the logistic regression the
         cross-validation chose, not one Adam moved along with them (the check compares
         like with like: two such heads, on the pretrained and on the tuned features).
-        ``"adam"`` trains it by gradient descent instead
+        Where the check finds the tuned network with its head refit clearly worse than
+        the head alone but with the head Adam moved not clearly worse, fine-tuning is
+        kept with Adam's head (``history_["finetune"]["head_refit"]`` is False): the
+        refit, fitted on the features of the images the layers were just tuned on, was
+        to blame, not the layers. ``"adam"`` trains it by gradient descent instead
         (``head_epochs`` at ``head_learning_rate``, with ``head_l2`` and
         ``dropout``), as does any head with a hidden layer.
     augment : None, str or sequence of str, default=("crop", "flip")
@@ -466,8 +477,9 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
         ``"folds"`` and ``"n_held_out"`` how many, and ``"worse_than_start"`` the
         verdict: whether the held-out images scored the last epoch clearly worse than
         the head (with the head refit after the epochs, see ``head_init``: their
-        ``"val_loss_after"`` and ``"val_accuracy_after"``, and ``"judged_val_accuracy"``
-        both sides' accuracy); then ``"refit_finetune"`` (absent when the head was
+        ``"val_loss_after"`` and ``"val_accuracy_after"``, ``"judged_val_accuracy"``
+        both sides' accuracy, and ``"head_refit"`` whether the refit was what was judged
+        and kept, see ``head_init``); then ``"refit_finetune"`` (absent when the head was
         kept), fine-tuning on every image, which gave the final weights. Without early stopping,
         ``"finetune"`` is that run on every image. Each phase also maps ``"seconds"``
         and ``"learning_rate"`` (at the epoch's start) to one value per epoch run, and
@@ -967,6 +979,9 @@ class FineTunedClassifier(SaveMixin, KerasPicklingMixin, ClassifierMixin, BaseEs
             self.history_["finetune"] = pool_folds(runs)
             if self.history_["finetune"]["worse_than_start"]:
                 kept_epochs = 0
+            # Where the refit head was judged clearly worse and the head Adam trained
+            # with the block was not, the final network keeps Adam's head too.
+            refits_head = refits_head and self.history_["finetune"]["head_refit"]
         # 3. The final network: the head on every image, fine-tuned on every image where
         #    the check kept fine-tuning.
         network.trainable_net.set_weights(fitted_head)
