@@ -715,14 +715,14 @@ def pool_folds(histories: Sequence[dict]) -> dict[str, Any]:
     is judged in its place (``"held_out_last_epoch"`` of :func:`train_phase`); kept if it
     is not clearly worse, ``"head_refit"`` is then False (True where the refit was
     judged) and ``"calibrated_val_loss_refit"`` and ``"calibrated_val_loss_own_head"``
-    say what each scored. A refit
-    fitted with the head's penalty on the features of the very images the block was
-    just tuned on can trust them more than unseen images warrant: on one of the aerial
-    scenes of ``docs/benchmarks.rst`` (AID, seed 2) the epochs lowered the held-out loss
-    from 0.316 to 0.310 and the refit raised it to 0.338: a verdict against the head, not
-    the tuned block. The refit stays the first choice: asked instead which of the two
-    scored lower, the check chose the last epoch's head on seeds where the refit had
-    been right, and lost test images on hymenoptera and AID.
+    say what each scored. A refit fitted with the head's penalty on the features of the
+    very images the block was just tuned on can trust them more than unseen images
+    warrant: on one of the aerial scenes of ``docs/benchmarks.rst`` (AID, seed 2) the
+    epochs lowered the held-out loss from 0.316 to 0.310 and the refit raised it to
+    0.338, a verdict against the head, not the tuned block. The refit stays the first
+    choice: asked instead which of the two scored lower, the check chose the last
+    epoch's head on seeds where the refit had been right, and lost test images on
+    hymenoptera and AID.
 
     ``"judged_val_accuracy"`` gives both sides' accuracy
     on those images (``"head"``, ``"fine_tuned"``): where a run refit its head after its
