@@ -430,6 +430,18 @@ def test_history_display_marks_and_rings_the_score_of_the_head_refit_after_the_e
     assert _rings(display.ax_) == [(3.45, 0.45), (6.0, 0.25)]
 
 
+def test_history_display_rings_the_last_epoch_where_the_check_kept_adams_head_over_the_refit():
+    from transferkit.viz import TrainingHistoryDisplay
+
+    history = _fit_history()
+    history["finetune"].update(val_loss_after=0.7, val_accuracy_after=0.5, head_refit=False)
+    display = TrainingHistoryDisplay.from_history(history)
+    # The refit's score is still drawn; what was kept is the last epoch as it was.
+    assert [tuple(line.get_xydata()[0]) for line in display.ax_.get_lines()
+            if line.get_marker() == "D"] == [(3.45, 0.7)]
+    assert _rings(display.ax_) == [(3.0, 0.52), (6.0, 0.25)]
+
+
 def test_history_display_rings_the_start_when_fine_tuning_was_worse_than_the_head():
     from transferkit.viz import TrainingHistoryDisplay
 

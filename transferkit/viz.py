@@ -1063,7 +1063,7 @@ class TrainingHistoryDisplay:
                 curves[key] = (x, values)
         after = phase.get(f"val_{metric}_after")
         if after is not None and f"val_{metric}" in curves:
-            # The head refit on the tuned features after the last epoch: what was judged.
+            # The head refit on the tuned features after the last epoch: judged first.
             x, values = curves[f"val_{metric}"]
             x_after = x[-1] + 0.45
             panel.plot([x[-1], x_after], [values[-1], after], ":", color="tab:orange",
@@ -1071,7 +1071,10 @@ class TrainingHistoryDisplay:
             panel.plot(x_after, after, "D", color="tab:orange", markersize=5)
             curves[f"val_{metric}"] = (np.append(x, x_after), np.append(values, after))
             epochs = np.append(epochs, x_after)
-            if kept >= 0:  # the ring goes on what the check judged
+            # The ring goes on what the check kept: the refit, unless it fell back on
+            # the head the epochs trained (``head_refit`` False), whose score is the
+            # last epoch's.
+            if kept >= 0 and phase.get("head_refit", True):
                 kept = len(epochs) - 1
         # The ring goes on the curve that decided what was kept: validation where it ran.
         decided = curves.get(f"val_{metric}", curves.get(metric))
